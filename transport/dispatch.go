@@ -1,0 +1,331 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/courierkit/courier/message"
+)
+
+// Acker settles one received message with its broker. The Dispatcher calls
+// exactly one of its methods once per message, with a context that is not
+// cancelled by the subscription stopping (context.WithoutCancel), so settling
+// lands during shutdown.
+type Acker interface {
+	// Ack removes the message: it will not be delivered again.
+	Ack(ctx context.Context) error
+	// Nack returns the message for redelivery no sooner than delay from
+	// now (where the broker can delay; 0 means at once).
+	Nack(ctx context.Context, delay time.Duration) error
+}
+
+// Terminator is an optional Acker method for brokers with a native
+// "never redeliver" (JetStream Term, a RabbitMQ reject into a dead-letter
+// exchange). The Dispatcher calls it for a permanently failed message when
+// no DeadLetterTopic is configured; reason is the error text.
+type Terminator interface {
+	Term(ctx context.Context, reason string) error
+}
+
+// DispatchOptions configure a Dispatcher.
+type DispatchOptions struct {
+	// Topic and Group are the subscription's, used for dead-letter headers
+	// and log attributes.
+	Topic, Group string
+	// Subscribe carries the subscription's options; Defaults() is applied.
+	Subscribe SubscribeOptions
+	// DeadLetter publishes a dead-letter copy (built by DeadLetterMessage)
+	// to Subscribe.DeadLetterTopic. Adapters pass their own Publish; nil
+	// means no dead-letter topic is available.
+	DeadLetter func(ctx context.Context, topic string, m *message.Message) error
+	// Logger receives settle failures and dropped messages; nil discards.
+	Logger *slog.Logger
+}
+
+// Dispatcher is the delivery engine shared by the adapters: an adapter
+// fetches messages from its broker and passes each to Deliver with an Acker;
+// the Dispatcher runs the handler with the subscription's concurrency,
+// per-key ordering and in-flight bound, recovers handler panics, and settles
+// each message exactly once: nil → Ack; a Permanent error or MaxAttempts
+// reached → dead-letter topic (then Ack), native Term, or drop; any other
+// error → Nack with the delay from message.RetryAfter or NackDelay.
+//
+// Handlers run with the Dispatcher's context, which only Cancel ends, so a
+// graceful stop (Wait without Cancel) lets them finish.
+type Dispatcher struct {
+	h      message.Handler
+	o      SubscribeOptions
+	topic  string
+	group  string
+	dlq    func(context.Context, string, *message.Message) error
+	log    *slog.Logger
+	ctx    context.Context // handler context
+	cancel context.CancelFunc
+	sctx   context.Context // settle context: never cancelled
+
+	sem     chan struct{} // MaxInFlight tokens
+	work    chan job
+	workers sync.WaitGroup
+	jobs    sync.WaitGroup
+
+	mu      sync.Mutex
+	keys    map[string]*keyQueue
+	stopped bool
+	once    sync.Once
+}
+
+type job struct {
+	m *message.Message
+	a Acker
+}
+
+type keyQueue struct{ pending []job }
+
+// NewDispatcher returns a Dispatcher for h. parent supplies the values of
+// the handlers' context (not its cancellation).
+func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions) *Dispatcher {
+	so := o.Subscribe.Defaults()
+	d := &Dispatcher{
+		h: h, o: so, topic: o.Topic, group: o.Group, dlq: o.DeadLetter,
+		log: o.Logger, sem: make(chan struct{}, so.MaxInFlight),
+		sctx: context.WithoutCancel(parent),
+	}
+	if d.group == "" {
+		d.group = so.Group
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.ctx, d.cancel = context.WithCancel(d.sctx)
+	if so.Concurrency > 1 {
+		d.work = make(chan job)
+		if so.OrderedByKey {
+			d.keys = make(map[string]*keyQueue)
+		}
+		d.workers.Add(so.Concurrency)
+		for range so.Concurrency {
+			go d.worker()
+		}
+	}
+	return d
+}
+
+// Context is the context handlers run with.
+func (d *Dispatcher) Context() context.Context { return d.ctx }
+
+// Deliver hands m to a handler. It blocks while MaxInFlight messages are
+// unsettled (and, with Concurrency 1, while the handler runs), and returns
+// ctx.Err() when ctx ends first or ErrClosed after Stop; the message was
+// then not taken and a is untouched: the caller must leave it for
+// redelivery.
+func (d *Dispatcher) Deliver(ctx context.Context, m *message.Message, a Acker) error {
+	select {
+	case d.sem <- struct{}{}:
+	default:
+		select {
+		case d.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.ctx.Done():
+			return ErrClosed
+		}
+	}
+	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		<-d.sem
+		return ErrClosed
+	}
+	d.jobs.Add(1)
+	j := job{m: m, a: a}
+	if d.work == nil {
+		d.mu.Unlock()
+		d.run(j)
+		return nil
+	}
+	if d.keys != nil && m.Key != "" {
+		if q, busy := d.keys[m.Key]; busy {
+			q.pending = append(q.pending, j)
+			d.mu.Unlock()
+			return nil
+		}
+		d.keys[m.Key] = &keyQueue{}
+	}
+	d.mu.Unlock()
+	select {
+	case d.work <- j:
+		return nil
+	case <-d.ctx.Done():
+		// Cancelled while every worker is busy: settle as a nack so the
+		// message is redelivered, keeping the one-settle-per-message rule.
+		d.settle(j, context.Canceled)
+		d.next(j)
+		return nil
+	}
+}
+
+func (d *Dispatcher) worker() {
+	defer d.workers.Done()
+	for j := range d.work {
+		for {
+			d.run(j)
+			var ok bool
+			if j, ok = d.next(j); !ok {
+				break
+			}
+		}
+	}
+}
+
+// next returns the message of the same key waiting behind j, if any, and
+// releases the key otherwise.
+func (d *Dispatcher) next(j job) (job, bool) {
+	if d.keys == nil || j.m.Key == "" {
+		return job{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q := d.keys[j.m.Key]
+	if q == nil {
+		return job{}, false
+	}
+	if len(q.pending) == 0 {
+		delete(d.keys, j.m.Key)
+		return job{}, false
+	}
+	n := q.pending[0]
+	q.pending[0] = job{}
+	q.pending = q.pending[1:]
+	return n, true
+}
+
+func (d *Dispatcher) run(j job) {
+	var err error
+	if d.ctx.Err() != nil {
+		err = d.ctx.Err() // stopping hard: do not start new work
+	} else {
+		err = d.call(j.m)
+	}
+	d.settle(j, err)
+}
+
+func (d *Dispatcher) call(m *message.Message) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("transport: handler panicked: %v", r)
+			d.log.Error("courier: handler panicked", "topic", d.topic, "group", d.group, "message_id", m.ID, "panic", r)
+		}
+	}()
+	return d.h.Handle(d.ctx, m)
+}
+
+func (d *Dispatcher) settle(j job, err error) {
+	defer func() { <-d.sem; d.jobs.Done() }()
+	m, a := j.m, j.a
+	switch {
+	case err == nil:
+		if aerr := a.Ack(d.sctx); aerr != nil {
+			d.log.Warn("courier: ack failed; the broker will redeliver", "topic", d.topic, "group", d.group, "message_id", m.ID, "error", aerr)
+		}
+	case message.IsPermanent(err) || (d.o.MaxAttempts > 0 && m.Attempt >= d.o.MaxAttempts):
+		d.deadLetter(m, a, err)
+	default:
+		delay := d.o.NackDelay
+		if rd, ok := message.RetryDelay(err); ok {
+			delay = rd
+		}
+		if nerr := a.Nack(d.sctx, delay); nerr != nil {
+			d.log.Warn("courier: nack failed; the broker will redeliver after its ack wait", "topic", d.topic, "group", d.group, "message_id", m.ID, "error", nerr)
+		}
+	}
+}
+
+func (d *Dispatcher) deadLetter(m *message.Message, a Acker, cause error) {
+	if d.o.DeadLetterTopic != "" && d.dlq != nil {
+		dm := DeadLetterMessage(m, d.topic, d.group, cause)
+		if err := d.dlq(d.sctx, d.o.DeadLetterTopic, dm); err != nil {
+			// Keep the message rather than lose it.
+			d.log.Error("courier: dead-letter publish failed; message nacked for redelivery", "topic", d.topic, "group", d.group, "message_id", m.ID, "dead_letter_topic", d.o.DeadLetterTopic, "error", err)
+			_ = a.Nack(d.sctx, d.o.NackDelay)
+			return
+		}
+		if err := a.Ack(d.sctx); err != nil {
+			d.log.Warn("courier: ack after dead-letter failed; the message may be dead-lettered twice", "topic", d.topic, "message_id", m.ID, "error", err)
+		}
+		return
+	}
+	if t, ok := a.(Terminator); ok {
+		if err := t.Term(d.sctx, cause.Error()); err != nil {
+			d.log.Warn("courier: term failed", "topic", d.topic, "message_id", m.ID, "error", err)
+		}
+		return
+	}
+	d.log.Error("courier: message failed permanently and no dead-letter topic is configured; dropped", "topic", d.topic, "group", d.group, "message_id", m.ID, "attempt", m.Attempt, "error", cause)
+	if err := a.Ack(d.sctx); err != nil {
+		d.log.Warn("courier: ack failed", "topic", d.topic, "message_id", m.ID, "error", err)
+	}
+}
+
+// Cancel ends the handlers' context: running handlers should return, and
+// messages not yet started are nacked for redelivery without running.
+func (d *Dispatcher) Cancel() { d.cancel() }
+
+// Stop makes further Deliver calls return ErrClosed and waits until every
+// taken message is settled. Without Cancel first, running handlers finish
+// normally (graceful); when ctx ends first, Stop cancels them, still waits
+// for their settlement, and returns ctx.Err(). Stop may be called more than
+// once; call it only after the adapter's fetch loop stopped calling Deliver.
+func (d *Dispatcher) Stop(ctx context.Context) error {
+	d.mu.Lock()
+	d.stopped = true
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() { d.jobs.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		d.cancel()
+		<-done
+	}
+	d.once.Do(func() {
+		if d.work != nil {
+			close(d.work)
+		}
+	})
+	d.workers.Wait()
+	d.cancel()
+	return err
+}
+
+// DeadLetterMessage returns the copy of m that goes to a dead-letter topic:
+// same ID, Key, Payload and headers, plus the courier-dlq-* headers
+// (reason, source topic and group, attempt, time).
+func DeadLetterMessage(m *message.Message, topic, group string, cause error) *message.Message {
+	h := make(message.Header, len(m.Headers)+5)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	reason := "unknown"
+	if cause != nil {
+		reason = cause.Error()
+	}
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	h[message.HeaderDeadLetterReason] = reason
+	h[message.HeaderDeadLetterTopic] = topic
+	if group != "" {
+		h[message.HeaderDeadLetterGroup] = group
+	}
+	if m.Attempt > 0 {
+		h[message.HeaderDeadLetterAttempts] = strconv.Itoa(m.Attempt)
+	}
+	h[message.HeaderDeadLetterTime] = time.Now().UTC().Format(time.RFC3339Nano)
+	return &message.Message{ID: m.ID, Key: m.Key, Headers: h, Payload: m.Payload}
+}
