@@ -54,8 +54,9 @@ type DispatchOptions struct {
 // reached → dead-letter topic (then Ack), native Term, or drop; any other
 // error → Nack with the delay from message.RetryAfter or NackDelay.
 //
-// Handlers run with the Dispatcher's context, which only Cancel ends, so a
-// graceful stop (Wait without Cancel) lets them finish.
+// Handlers run with the Dispatcher's context, which ends when the parent
+// context given to NewDispatcher (the Subscribe ctx) ends or Cancel is
+// called, so a graceful stop (Stop without Cancel) lets them finish.
 type Dispatcher struct {
 	h      message.Handler
 	o      SubscribeOptions
@@ -85,8 +86,10 @@ type job struct {
 
 type keyQueue struct{ pending []job }
 
-// NewDispatcher returns a Dispatcher for h. parent supplies the values of
-// the handlers' context (not its cancellation).
+// NewDispatcher returns a Dispatcher for h. parent is the subscription's
+// context: handlers run with a context derived from it, while acks and
+// dead-letter publishes use context.WithoutCancel(parent) so they land even
+// as the subscription stops.
 func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions) *Dispatcher {
 	so := o.Subscribe.Defaults()
 	d := &Dispatcher{
@@ -100,7 +103,7 @@ func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions)
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
-	d.ctx, d.cancel = context.WithCancel(d.sctx)
+	d.ctx, d.cancel = context.WithCancel(parent)
 	if so.Concurrency > 1 {
 		d.work = make(chan job)
 		if so.OrderedByKey {

@@ -1,0 +1,178 @@
+package memtransport
+
+import (
+	"container/heap"
+	"sync"
+	"time"
+
+	"github.com/courierkit/courier/message"
+)
+
+// Broker is the in-process broker state: topics, their durable groups and
+// the messages retained for them. Transports that share a Broker (through
+// Options.Broker, or a named mem://NAME URL) see the same topics, as
+// services connected to one server would. A Broker lives as long as it is
+// referenced; it has no goroutines of its own.
+type Broker struct {
+	mu     sync.RWMutex
+	topics map[string]*topic
+}
+
+// NewBroker returns an empty broker.
+func NewBroker() *Broker { return &Broker{topics: make(map[string]*topic)} }
+
+func (b *Broker) topic(name string) *topic {
+	b.mu.RLock()
+	t := b.topics[name]
+	b.mu.RUnlock()
+	if t != nil {
+		return t
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t = b.topics[name]; t == nil {
+		t = &topic{name: name, groups: make(map[string]*group), space: make(chan struct{})}
+		b.topics[name] = t
+	}
+	return t
+}
+
+// record is one published message, immutable once stored and shared by
+// every group's entry.
+type record struct {
+	id      string
+	key     string
+	headers message.Header
+	payload []byte
+	time    time.Time
+}
+
+// entry is a record's place in one group.
+type entry struct {
+	rec     *record
+	attempt int   // deliveries so far
+	due     int64 // unix nanos; for delayed entries
+	held    bool  // its key stays busy while it waits (ordered nack)
+}
+
+// topic holds its groups; one mutex guards the topic and all its groups so
+// that a publish lands in every group at once.
+type topic struct {
+	name   string
+	mu     sync.Mutex
+	groups map[string]*group // durable groups by name
+	subs   []*group          // private groups of subscriptions without a group
+
+	waiters int           // publishers blocked on a full backlog
+	space   chan struct{} // closed and replaced when room frees up
+}
+
+// group is one consumer group's queue.
+type group struct {
+	name    string
+	private bool
+	ready   queue
+	delayed delayHeap
+	backlog int            // ready + delayed + in flight
+	busy    map[string]int // keys with a message out (OrderedByKey)
+	ordered bool
+	wake    chan struct{} // cap 1: something became deliverable
+}
+
+func newGroup(name string, private bool) *group {
+	return &group{name: name, private: private, wake: make(chan struct{}, 1), busy: make(map[string]int)}
+}
+
+func (g *group) signal() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// freed is called with t.mu held when backlog went down.
+func (t *topic) freed() {
+	if t.waiters > 0 {
+		close(t.space)
+		t.space = make(chan struct{})
+	}
+}
+
+// queue is a FIFO of entries with cheap push-front (for redelivery).
+type queue struct {
+	buf  []entry
+	head int
+}
+
+func (q *queue) len() int { return len(q.buf) - q.head }
+
+func (q *queue) push(e entry) { q.buf = append(q.buf, e) }
+
+func (q *queue) pushFront(e entry) {
+	if q.head > 0 {
+		q.head--
+		q.buf[q.head] = e
+		return
+	}
+	q.buf = append(q.buf, entry{})
+	copy(q.buf[1:], q.buf)
+	q.buf[0] = e
+}
+
+// at returns the i-th entry from the front.
+func (q *queue) at(i int) *entry { return &q.buf[q.head+i] }
+
+// remove takes out the i-th entry from the front, keeping order.
+func (q *queue) remove(i int) entry {
+	idx := q.head + i
+	e := q.buf[idx]
+	if i == 0 {
+		q.buf[idx] = entry{}
+		q.head++
+	} else {
+		copy(q.buf[idx:], q.buf[idx+1:])
+		q.buf[len(q.buf)-1] = entry{}
+		q.buf = q.buf[:len(q.buf)-1]
+	}
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	} else if q.head > 1024 && q.head > len(q.buf)/2 {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	return e
+}
+
+type delayHeap []entry
+
+func (h delayHeap) Len() int           { return len(h) }
+func (h delayHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h delayHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *delayHeap) Push(x any)        { *h = append(*h, x.(entry)) }
+func (h *delayHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = entry{}
+	*h = old[:len(old)-1]
+	return e
+}
+
+// promote moves due delayed entries to the ready queue, in due order, and
+// returns the next due time (0 when none is waiting).
+func (g *group) promote(now int64) int64 {
+	for len(g.delayed) > 0 {
+		if g.delayed[0].due > now {
+			return g.delayed[0].due
+		}
+		e := heap.Pop(&g.delayed).(entry)
+		if e.held {
+			// An ordered key's redelivery goes before the key's later
+			// messages, which are behind it in the ready queue.
+			g.ready.pushFront(e)
+		} else {
+			g.ready.push(e)
+		}
+	}
+	return 0
+}
