@@ -611,3 +611,27 @@ func (s *subscription) settle(dv *delivery, nack bool, delay time.Duration) {
 	s.out.Add(-1)
 	g.signal()
 }
+
+var _ transport.LagReporter = (*Transport)(nil)
+
+// Lag reports a durable group's backlog: Pending counts ready and delayed
+// messages, InFlight those handed to handlers and not settled.
+func (t *Transport) Lag(ctx context.Context, topicName, group string) (transport.Lag, error) {
+	if err := ctx.Err(); err != nil {
+		return transport.Lag{}, err
+	}
+	t.b.mu.RLock()
+	tp := t.b.topics[topicName]
+	t.b.mu.RUnlock()
+	if tp == nil {
+		return transport.Lag{}, fmt.Errorf("memtransport: no topic %q", topicName)
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	g := tp.groups[group]
+	if g == nil {
+		return transport.Lag{}, fmt.Errorf("memtransport: topic %q has no group %q", topicName, group)
+	}
+	pending := int64(g.ready.len() + len(g.delayed))
+	return transport.Lag{Topic: topicName, Group: group, Pending: pending, InFlight: int64(g.backlog) - pending}, nil
+}
