@@ -1,0 +1,296 @@
+package sqstransport
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// Wire format (see "Attribute packing" in the package doc).
+const (
+	// metaAttr is the one message attribute courier reserves.
+	metaAttr = "courier"
+	// maxAttrs is SQS's limit of message attributes per message.
+	maxAttrs = 10
+	// maxDirect is how many headers travel as attributes of their own.
+	maxDirect = maxAttrs - 1
+	// maxWireBytes is SQS's and SNS's limit for a message: body plus
+	// attribute names, data types and values.
+	maxWireBytes = 256 * 1024
+	// emptyBody stands for an empty payload: SQS and SNS refuse empty bodies.
+	emptyBody = "-"
+	// maxPayloadAnyBytes is the largest payload of arbitrary bytes (which
+	// may need base64) that always fits with no headers and an ID of up to
+	// 64 bytes: 4*ceil(196000/3) = 261336 bytes of base64 plus at most
+	// 256 bytes of attribute.
+	maxPayloadAnyBytes = 196000
+)
+
+// meta is the JSON document in the courier attribute.
+type meta struct {
+	V     int               `json:"v"`
+	ID    string            `json:"id,omitempty"`
+	ID64  string            `json:"id64,omitempty"`
+	Key   string            `json:"k,omitempty"`
+	Key64 string            `json:"k64,omitempty"`
+	Body  string            `json:"b,omitempty"` // "", "base64" or "empty"
+	H     map[string]string `json:"h,omitempty"`
+	X     [][2]string       `json:"x,omitempty"` // base64 name, base64 value
+}
+
+// safe reports whether s can travel as an SQS string as it is: valid UTF-8
+// of the characters SQS accepts (#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD
+// #x10000-#x10FFFF).
+func safe(s string) bool {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return false
+		}
+		switch {
+		case r == 0x9 || r == 0xA || r == 0xD:
+		case r >= 0x20 && r <= 0xD7FF:
+		case r >= 0xE000 && r <= 0xFFFD:
+		case r >= 0x10000 && r <= 0x10FFFF:
+		default:
+			return false
+		}
+		i += n
+	}
+	return true
+}
+
+// attrNameOK reports whether a header name can be an SQS attribute name of
+// its own: 1-256 of A-Za-z0-9 _ - ., no leading, trailing or double dot, not
+// starting with "AWS." or "Amazon.", and not courier's own.
+func attrNameOK(name string) bool {
+	if name == "" || len(name) > 256 || name == metaAttr {
+		return false
+	}
+	if name[0] == '.' || name[len(name)-1] == '.' || strings.Contains(name, "..") {
+		return false
+	}
+	l := strings.ToLower(name)
+	if strings.HasPrefix(l, "aws.") || strings.HasPrefix(l, "amazon.") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// wire is one message in SQS/SNS form.
+type wire struct {
+	body  string
+	attrs map[string]sqstypes.MessageAttributeValue
+	size  int // bytes counted toward maxWireBytes
+}
+
+// encode packs m into a body and at most 10 string attributes.
+func encode(m *message.Message) (wire, error) {
+	md := meta{V: 1}
+	if safe(m.ID) {
+		md.ID = m.ID
+	} else {
+		md.ID64 = base64.StdEncoding.EncodeToString([]byte(m.ID))
+	}
+	if m.Key != "" {
+		if safe(m.Key) {
+			md.Key = m.Key
+		} else {
+			md.Key64 = base64.StdEncoding.EncodeToString([]byte(m.Key))
+		}
+	}
+	var w wire
+	switch {
+	case len(m.Payload) == 0:
+		w.body, md.Body = emptyBody, "empty"
+	case utf8.Valid(m.Payload) && safe(string(m.Payload)):
+		w.body = string(m.Payload)
+	default:
+		w.body, md.Body = base64.StdEncoding.EncodeToString(m.Payload), "base64"
+	}
+	w.attrs = make(map[string]sqstypes.MessageAttributeValue, min(len(m.Headers)+1, maxAttrs))
+	names := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		v := m.Headers[k]
+		switch {
+		case len(w.attrs) < maxDirect && attrNameOK(k) && v != "" && safe(v):
+			w.attrs[k] = sqstypes.MessageAttributeValue{DataType: ptr("String"), StringValue: ptr(v)}
+			w.size += len(k) + len("String") + len(v)
+		case safe(k) && safe(v):
+			if md.H == nil {
+				md.H = make(map[string]string)
+			}
+			md.H[k] = v
+		default:
+			md.X = append(md.X, [2]string{base64.StdEncoding.EncodeToString([]byte(k)), base64.StdEncoding.EncodeToString([]byte(v))})
+		}
+	}
+	var sb strings.Builder
+	enc := json.NewEncoder(&sb)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(md); err != nil {
+		return wire{}, fmt.Errorf("sqstransport: encode attributes: %w", err)
+	}
+	mv := strings.TrimSuffix(sb.String(), "\n")
+	w.attrs[metaAttr] = sqstypes.MessageAttributeValue{DataType: ptr("String"), StringValue: ptr(mv)}
+	w.size += len(metaAttr) + len("String") + len(mv) + len(w.body)
+	return w, nil
+}
+
+// decode turns a received SQS message back into a courier Message. A
+// message without the courier attribute (sent by something else) keeps its
+// body as the payload, the SQS MessageId as its ID and its attributes as
+// headers.
+func decode(sm *sqstypes.Message) (*message.Message, error) {
+	m := &message.Message{}
+	body := ""
+	if sm.Body != nil {
+		body = *sm.Body
+	}
+	var md meta
+	mv, ok := sm.MessageAttributes[metaAttr]
+	if ok && mv.StringValue != nil {
+		if err := json.Unmarshal([]byte(*mv.StringValue), &md); err != nil {
+			return nil, fmt.Errorf("sqstransport: message %s: malformed %q attribute: %w", deref(sm.MessageId), metaAttr, err)
+		}
+	} else {
+		ok = false
+	}
+	for k, v := range sm.MessageAttributes {
+		if k == metaAttr && ok {
+			continue
+		}
+		val := ""
+		switch {
+		case v.StringValue != nil:
+			val = *v.StringValue
+		case v.BinaryValue != nil:
+			val = base64.StdEncoding.EncodeToString(v.BinaryValue)
+		}
+		m.SetHeader(k, val)
+	}
+	if !ok {
+		m.ID = deref(sm.MessageId)
+		m.Payload = []byte(body)
+		return m, nil
+	}
+	var err error
+	m.ID, err = pick(md.ID, md.ID64)
+	if err != nil {
+		return nil, err
+	}
+	if m.Key, err = pick(md.Key, md.Key64); err != nil {
+		return nil, err
+	}
+	switch md.Body {
+	case "":
+		m.Payload = []byte(body)
+	case "empty":
+		m.Payload = []byte{}
+	case "base64":
+		if m.Payload, err = base64.StdEncoding.DecodeString(body); err != nil {
+			return nil, fmt.Errorf("sqstransport: message %s: body is not base64: %w", deref(sm.MessageId), err)
+		}
+	default:
+		return nil, fmt.Errorf("sqstransport: message %s: unknown body encoding %q", deref(sm.MessageId), md.Body)
+	}
+	for k, v := range md.H {
+		m.SetHeader(k, v)
+	}
+	for _, kv := range md.X {
+		k, err1 := base64.StdEncoding.DecodeString(kv[0])
+		v, err2 := base64.StdEncoding.DecodeString(kv[1])
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("sqstransport: message %s: malformed packed header", deref(sm.MessageId))
+		}
+		m.SetHeader(string(k), string(v))
+	}
+	return m, nil
+}
+
+func pick(plain, b64 string) (string, error) {
+	if b64 == "" {
+		return plain, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return "", fmt.Errorf("sqstransport: malformed base64 in %q attribute: %w", metaAttr, err)
+	}
+	return string(b), nil
+}
+
+// receivedAt reads SentTimestamp (Unix milliseconds).
+func receivedAt(sm *sqstypes.Message) time.Time {
+	if s, ok := sm.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)]; ok {
+		if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return time.UnixMilli(ms)
+		}
+	}
+	return time.Time{}
+}
+
+// receiveCount reads ApproximateReceiveCount.
+func receiveCount(sm *sqstypes.Message) int {
+	if s, ok := sm.Attributes[string(sqstypes.MessageSystemAttributeNameApproximateReceiveCount)]; ok {
+		if n, err := strconv.Atoi(s); err == nil {
+			return n
+		}
+	}
+	return 0
+}
+
+// fifoToken makes s usable as a MessageGroupId or MessageDeduplicationId:
+// 1-128 characters of alphanumerics and punctuation. Anything else is
+// replaced by its SHA-256 in hex, which keeps equal inputs equal.
+func fifoToken(s string) string {
+	ok := s != "" && len(s) <= 128
+	for i := 0; ok && i < len(s); i++ {
+		if c := s[i]; c <= 0x20 || c >= 0x7f {
+			ok = false
+		}
+	}
+	if ok {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// checkWire reports a message too large for SQS/SNS once encoded.
+func checkWire(i int, m *message.Message, w wire) error {
+	if w.size > maxWireBytes {
+		return &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: w.size, Limit: maxWireBytes}
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,342 @@
+package sqstransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// maxBatch is the most entries of one SendMessageBatch or PublishBatch.
+const maxBatch = 10
+
+// EntryError is one message a Publish call did not send.
+type EntryError struct {
+	Index       int    // position in the Publish call
+	MessageID   string // Message.ID
+	Code        string // the service's error code, when it sent one
+	Message     string // the service's error message
+	SenderFault bool   // the service blamed the request, not itself
+	Err         error  // the request's error when the whole call failed
+}
+
+// PublishError reports the messages of a Publish call that were not sent
+// after PublishAttempts; every message not listed was sent. errors.As
+// reaches the SDK's errors of failed calls.
+type PublishError struct {
+	Topic  string
+	Total  int
+	Failed []EntryError
+}
+
+func (e *PublishError) Error() string {
+	f := e.Failed[0]
+	why := f.Code + ": " + f.Message
+	if f.Err != nil {
+		why = f.Err.Error()
+	}
+	return fmt.Sprintf("sqstransport: publish to %s: %d of %d messages not sent; message %d (id %q): %s", e.Topic, len(e.Failed), e.Total, f.Index, f.MessageID, why)
+}
+
+// Unwrap returns the errors of whole failed calls.
+func (e *PublishError) Unwrap() []error {
+	var errs []error
+	for _, f := range e.Failed {
+		if f.Err != nil {
+			errs = append(errs, f.Err)
+		}
+	}
+	return errs
+}
+
+// Publish sends msgs to topic (an SNS topic in ModeSNS, an SQS queue in
+// ModeSQS) in batches of up to 10 and returns once AWS accepted every one,
+// or with a *PublishError listing those it did not accept. Messages over
+// SQS's limits fail the whole call before anything is sent.
+func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	return t.publish(ctx, topic, msgs)
+}
+
+// publishOne is the dead-letter path's publish; it works during shutdown.
+func (t *Transport) publishOne(ctx context.Context, topic string, m *message.Message) error {
+	return t.publish(ctx, topic, []*message.Message{m})
+}
+
+type entry struct {
+	idx int
+	m   *message.Message
+	w   wire
+}
+
+func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.Message) error {
+	if err := transport.PreparePublish(topic, msgs, t.Capabilities().Limits); err != nil {
+		return err
+	}
+	if err := t.checkNames(topic, "", ""); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	entries := make([]entry, len(msgs))
+	for i, m := range msgs {
+		w, err := encode(m)
+		if err != nil {
+			return err
+		}
+		if err := checkWire(i, m, w); err != nil {
+			return err
+		}
+		entries[i] = entry{idx: i, m: m, w: w}
+	}
+	var send func(context.Context, []entry) ([]EntryError, error)
+	if t.o.Mode == ModeSNS {
+		arn, err := t.topicARN(ctx, topic)
+		if err != nil {
+			return err
+		}
+		send = func(ctx context.Context, es []entry) ([]EntryError, error) { return t.sendSNS(ctx, arn, es) }
+	} else {
+		qn := t.queueName(topic, "")
+		attrs, err := t.queueAttrs(ctx, qn)
+		if err != nil {
+			return err
+		}
+		qu, err := t.queueURL(ctx, qn, true, attrs)
+		if err != nil {
+			return err
+		}
+		send = func(ctx context.Context, es []entry) ([]EntryError, error) { return t.sendSQS(ctx, qu, es) }
+	}
+	// Batches of at most 10 entries and 256 KiB.
+	var batches [][]entry
+	var cur []entry
+	size := 0
+	for _, e := range entries {
+		if len(cur) == maxBatch || len(cur) > 0 && size+e.w.size > maxWireBytes {
+			batches = append(batches, cur)
+			cur, size = nil, 0
+		}
+		cur = append(cur, e)
+		size += e.w.size
+	}
+	batches = append(batches, cur)
+
+	var (
+		mu     sync.Mutex
+		failed []EntryError
+		ctxErr error
+	)
+	run := func(b []entry) {
+		f, err := t.sendWithRetry(ctx, b, send)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && ctxErr == nil {
+			ctxErr = err
+		}
+		failed = append(failed, f...)
+	}
+	if t.o.FIFO || len(batches) == 1 {
+		for _, b := range batches {
+			run(b)
+			if ctxErr != nil || len(failed) > 0 && t.o.FIFO {
+				break // FIFO: nothing after a failed batch is sent
+			}
+		}
+		if t.o.FIFO && (ctxErr != nil || len(failed) > 0) {
+			failed = unsent(batches, failed)
+		}
+	} else {
+		sem := make(chan struct{}, t.o.PublishConcurrency)
+		var wg sync.WaitGroup
+		for _, b := range batches {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				run(b)
+			}()
+		}
+		wg.Wait()
+	}
+	if ctxErr != nil {
+		return ctxErr
+	}
+	if len(failed) > 0 {
+		sortEntries(failed)
+		return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
+	}
+	return nil
+}
+
+// unsent lists, for a FIFO publish that stopped at a failure, every message
+// that was not sent: the failed ones and those of later batches.
+func unsent(batches [][]entry, failed []EntryError) []EntryError {
+	seen := map[int]bool{}
+	for _, f := range failed {
+		seen[f.Index] = true
+	}
+	last := -1
+	for _, f := range failed {
+		last = max(last, f.Index)
+	}
+	for _, b := range batches {
+		for _, e := range b {
+			if e.idx > last && !seen[e.idx] {
+				failed = append(failed, EntryError{Index: e.idx, MessageID: e.m.ID, Code: "NotSent", Message: "an earlier message of this FIFO publish failed"})
+			}
+		}
+	}
+	return failed
+}
+
+func sortEntries(f []EntryError) {
+	for i := 1; i < len(f); i++ {
+		for j := i; j > 0 && f[j].Index < f[j-1].Index; j-- {
+			f[j], f[j-1] = f[j-1], f[j]
+		}
+	}
+}
+
+// sendWithRetry sends one batch, sending again the entries that failed on
+// the service's side, up to PublishAttempts times. It returns the entries
+// finally not sent, or ctx's error.
+func (t *Transport) sendWithRetry(ctx context.Context, b []entry, send func(context.Context, []entry) ([]EntryError, error)) ([]EntryError, error) {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		failed, err := send(ctx, b)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			// The SDK already retried the call; report every entry.
+			out := make([]EntryError, len(b))
+			for i, e := range b {
+				out[i] = EntryError{Index: e.idx, MessageID: e.m.ID, Err: err}
+			}
+			return out, nil
+		}
+		if len(failed) == 0 {
+			return nil, nil
+		}
+		var retry []entry
+		var final []EntryError
+		for _, f := range failed {
+			if f.SenderFault || attempt >= t.o.PublishAttempts {
+				final = append(final, f)
+				continue
+			}
+			for _, e := range b {
+				if e.idx == f.Index {
+					retry = append(retry, e)
+				}
+			}
+		}
+		if len(retry) == 0 {
+			return final, nil
+		}
+		if len(final) > 0 {
+			// Report sender faults with whatever the retries leave.
+			more, err := t.sendWithRetry(ctx, retry, send)
+			return append(final, more...), err
+		}
+		b = retry
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-timer.C:
+		}
+		backoff *= 2
+	}
+}
+
+func fifoIDs(e entry) (group, dedup *string) {
+	g := e.m.Key
+	if g == "" {
+		g = e.m.ID // unordered: every message its own group
+	}
+	return aws.String(fifoToken(g)), aws.String(fifoToken(e.m.ID))
+}
+
+func (t *Transport) sendSQS(ctx context.Context, qu string, b []entry) ([]EntryError, error) {
+	in := &sqs.SendMessageBatchInput{QueueUrl: aws.String(qu), Entries: make([]sqstypes.SendMessageBatchRequestEntry, len(b))}
+	for i, e := range b {
+		re := sqstypes.SendMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), MessageBody: aws.String(e.w.body), MessageAttributes: e.w.attrs}
+		if t.o.FIFO {
+			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e)
+		}
+		in.Entries[i] = re
+	}
+	out, err := t.sqs.SendMessageBatch(ctx, in)
+	if err != nil {
+		return nil, fmt.Errorf("sqstransport: SendMessageBatch: %w", t.scrub(err))
+	}
+	return batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
+		for _, f := range out.Failed {
+			yield(deref(f.Id), deref(f.Code), deref(f.Message), f.SenderFault)
+		}
+	})
+}
+
+func (t *Transport) sendSNS(ctx context.Context, arn string, b []entry) ([]EntryError, error) {
+	in := &sns.PublishBatchInput{TopicArn: aws.String(arn), PublishBatchRequestEntries: make([]snstypes.PublishBatchRequestEntry, len(b))}
+	for i, e := range b {
+		attrs := make(map[string]snstypes.MessageAttributeValue, len(e.w.attrs))
+		for k, v := range e.w.attrs {
+			attrs[k] = snstypes.MessageAttributeValue{DataType: v.DataType, StringValue: v.StringValue}
+		}
+		re := snstypes.PublishBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), Message: aws.String(e.w.body), MessageAttributes: attrs}
+		if t.o.FIFO {
+			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e)
+		}
+		in.PublishBatchRequestEntries[i] = re
+	}
+	out, err := t.sns.PublishBatch(ctx, in)
+	if err != nil {
+		return nil, fmt.Errorf("sqstransport: PublishBatch: %w", t.scrub(err))
+	}
+	return batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
+		for _, f := range out.Failed {
+			yield(deref(f.Id), deref(f.Code), deref(f.Message), f.SenderFault)
+		}
+	})
+}
+
+// batchFailures maps a batch response's failed entries back to messages.
+// An entry the response lists neither as successful nor as failed counts as
+// failed: it is never reported as sent.
+func batchFailures(b []entry, nOK int, failed func(func(id, code, msg string, sender bool))) ([]EntryError, error) {
+	var out []EntryError
+	seen := 0
+	failed(func(id, code, msg string, sender bool) {
+		seen++
+		i, err := strconv.Atoi(id)
+		if err != nil || i < 0 || i >= len(b) {
+			return
+		}
+		out = append(out, EntryError{Index: b[i].idx, MessageID: b[i].m.ID, Code: code, Message: msg, SenderFault: sender})
+	})
+	if nOK+seen < len(b) {
+		return nil, errors.New("sqstransport: batch response accounts for fewer entries than were sent")
+	}
+	return out, nil
+}

@@ -1,0 +1,533 @@
+package sqstransport
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// settleTimeout bounds the calls that land acks and nacks once a
+// subscription stops.
+const settleTimeout = 10 * time.Second
+
+// Subscribe receives topic's messages (from the group's queue in ModeSNS,
+// from the topic's queue in ModeSQS) with long polling and hands them to h;
+// see the package doc for the delivery semantics.
+func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handler, opts transport.SubscribeOptions) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return transport.ErrClosed
+	}
+	t.subs.Add(1)
+	t.mu.Unlock()
+	defer func() {
+		if t.isClosed() {
+			t.closeIdle()
+		}
+		t.subs.Done()
+	}()
+
+	if h == nil {
+		return errors.New("sqstransport: Subscribe needs a handler")
+	}
+	if err := t.checkNames(topic, opts.Group, opts.DeadLetterTopic); err != nil {
+		return err
+	}
+	if opts.OrderedByKey && !t.o.FIFO {
+		return fmt.Errorf("sqstransport: OrderedByKey needs FIFO queues (fifo=true): %w", transport.ErrUnsupported)
+	}
+	so := opts.Defaults()
+
+	var (
+		qu      string
+		qn      string
+		cleanup func()
+		err     error
+	)
+	if t.o.Mode == ModeSNS && so.Group == "" {
+		qn, qu, cleanup, err = t.privateQueue(ctx, topic)
+	} else {
+		qn = t.queueName(topic, so.Group)
+		qu, err = t.declareGroup(ctx, topic, so.Group)
+	}
+	if err != nil {
+		return err
+	}
+	if cleanup != nil {
+		defer cleanup()
+	}
+	s := &sub{
+		t: t, topic: topic, queue: qn, url: qu, so: so,
+		redrive:  t.redriveURL(ctx, qn),
+		vis:      visibilitySeconds(so.AckWait),
+		inflight: map[*inflight]struct{}{},
+		tokens:   make(chan struct{}, so.MaxInFlight),
+	}
+	return s.run(ctx, h)
+}
+
+// privateQueue creates a queue subscribed to topic for a subscription
+// without a group, and a cleanup that unsubscribes and deletes it.
+func (t *Transport) privateQueue(ctx context.Context, topic string) (string, string, func(), error) {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	qn := t.queueName(topic, "tmp"+hex.EncodeToString(b[:]))
+	qu, err := t.queueURL(ctx, qn, true, nil)
+	if err != nil {
+		return "", "", nil, err
+	}
+	del := func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+		if _, err := t.sqs.DeleteQueue(cctx, &sqs.DeleteQueueInput{QueueUrl: aws.String(qu)}); err != nil {
+			t.o.Logger.Warn("sqstransport: delete private queue failed", "queue", qn, "error", t.scrub(err))
+		}
+		t.nameMu.Lock()
+		delete(t.queues, qn)
+		t.nameMu.Unlock()
+	}
+	subARN, err := t.subscribeQueueARN(ctx, topic, qu)
+	if err != nil {
+		del()
+		return "", "", nil, err
+	}
+	return qn, qu, func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+		if subARN != "" {
+			if _, err := t.sns.Unsubscribe(cctx, &sns.UnsubscribeInput{SubscriptionArn: aws.String(subARN)}); err != nil {
+				t.o.Logger.Warn("sqstransport: unsubscribe private queue failed", "queue", qn, "error", t.scrub(err))
+			}
+		}
+		del()
+	}, nil
+}
+
+// visibilitySeconds converts AckWait to SQS's whole seconds (1 to 12 h).
+func visibilitySeconds(d time.Duration) int32 {
+	s := int64(math.Ceil(d.Seconds()))
+	return int32(min(max(s, 1), 43200))
+}
+
+type sub struct {
+	t       *Transport
+	topic   string
+	queue   string
+	url     string
+	redrive string
+	so      transport.SubscribeOptions
+	vis     int32
+
+	tokens chan struct{} // MaxInFlight: a token per received, unsettled message
+	acks   chan string   // receipt handles to delete
+	recv   chan *inflight
+
+	mu       sync.Mutex
+	inflight map[*inflight]struct{}
+}
+
+// inflight is a received message not yet settled.
+type inflight struct {
+	sm       sqstypes.Message
+	m        *message.Message
+	mu       sync.Mutex
+	deadline time.Time // when its visibility ends
+	settled  bool
+}
+
+func (s *sub) run(ctx context.Context, h message.Handler) error {
+	t := s.t
+	d := transport.NewDispatcher(ctx, h, transport.DispatchOptions{
+		Topic: s.topic, Group: s.so.Group, Subscribe: s.so,
+		DeadLetter: t.publishOne, Logger: t.o.Logger,
+	})
+	receivers := t.o.Receivers
+	if receivers <= 0 {
+		receivers = min((s.so.MaxInFlight+maxBatch-1)/maxBatch, 8)
+	}
+	receivers = max(1, min(receivers, s.so.MaxInFlight))
+	s.acks = make(chan string, s.so.MaxInFlight)
+	s.recv = make(chan *inflight)
+
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	fatal := make(chan error, receivers)
+
+	var deleters sync.WaitGroup
+	for range receivers {
+		deleters.Add(1)
+		go func() { defer deleters.Done(); s.deleter() }()
+	}
+	extStop := make(chan struct{})
+	extDone := make(chan struct{})
+	go func() { defer close(extDone); s.extender(extStop) }()
+
+	var recvWG sync.WaitGroup
+	for range receivers {
+		recvWG.Add(1)
+		go func() {
+			defer recvWG.Done()
+			if err := s.receive(rctx); err != nil {
+				fatal <- err
+				rcancel()
+			}
+		}()
+	}
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		for inf := range s.recv {
+			if rctx.Err() != nil {
+				s.release(inf)
+				continue
+			}
+			if err := d.Deliver(rctx, inf.m, &acker{s: s, inf: inf}); err != nil {
+				s.release(inf)
+			}
+		}
+	}()
+
+	var result error
+	select {
+	case <-ctx.Done():
+		result = ctx.Err()
+	case <-t.closing:
+		result = transport.ErrClosed
+	case err := <-fatal:
+		result = err
+	}
+	rcancel()
+	graceful := result == transport.ErrClosed
+	select {
+	case <-t.hard:
+		graceful = false
+	default:
+	}
+	if !graceful {
+		d.Cancel()
+	}
+	// Shutdown's ctx ending (t.hard) turns a graceful stop into a hard one.
+	stopCtx, stopCancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		select {
+		case <-t.hard:
+			d.Cancel()
+			stopCancel()
+		case <-watchDone:
+		}
+	}()
+	recvWG.Wait()
+	close(s.recv)
+	<-delivered
+	_ = d.Stop(stopCtx)
+	close(watchDone)
+	stopCancel()
+	close(extStop)
+	<-extDone
+	close(s.acks)
+	deleters.Wait()
+	return result
+}
+
+// receive runs one long-polling loop until ctx ends or the queue is gone.
+func (s *sub) receive(ctx context.Context) error {
+	t := s.t
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case s.tokens <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		n := 1
+	more:
+		for n < maxBatch {
+			select {
+			case s.tokens <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		out, err := t.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl:                    aws.String(s.url),
+			MaxNumberOfMessages:         int32(n),
+			WaitTimeSeconds:             int32(t.o.WaitTime / time.Second),
+			VisibilityTimeout:           s.vis,
+			MessageAttributeNames:       []string{"All"},
+			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAll},
+		})
+		var got int
+		if out != nil {
+			got = len(out.Messages)
+		}
+		for range n - got {
+			<-s.tokens
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var gone *sqstypes.QueueDoesNotExist
+			if errors.As(err, &gone) {
+				return fmt.Errorf("sqstransport: queue %s: %w", s.queue, t.scrub(err))
+			}
+			t.o.Logger.Warn("sqstransport: receive failed; retrying", "queue", s.queue, "error", t.scrub(err), "backoff", backoff)
+			timer := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return nil
+			case <-timer.C:
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		now := time.Now()
+		for i := range out.Messages {
+			inf := &inflight{sm: out.Messages[i], deadline: now.Add(time.Duration(s.vis) * time.Second)}
+			inf.m = s.toMessage(&inf.sm)
+			s.mu.Lock()
+			s.inflight[inf] = struct{}{}
+			s.mu.Unlock()
+			select {
+			case s.recv <- inf:
+			case <-ctx.Done():
+				s.release(inf)
+			}
+		}
+	}
+}
+
+func (s *sub) toMessage(sm *sqstypes.Message) *message.Message {
+	m, err := decode(sm)
+	if err != nil {
+		// Not courier's format after all: deliver it as a foreign message
+		// rather than lose it.
+		s.t.o.Logger.Warn("sqstransport: message not in courier's format; delivered as it is", "queue", s.queue, "sqs_message_id", deref(sm.MessageId), "error", err)
+		m = &message.Message{ID: deref(sm.MessageId), Payload: []byte(deref(sm.Body))}
+		for k, v := range sm.MessageAttributes {
+			if v.StringValue != nil {
+				m.SetHeader(k, *v.StringValue)
+			}
+		}
+	}
+	m.Topic = s.topic
+	m.Attempt = receiveCount(sm)
+	m.Time = receivedAt(sm)
+	m.SetAs(func(target any) bool {
+		switch p := target.(type) {
+		case *sqstypes.Message:
+			*p = *sm
+		case **sqstypes.Message:
+			*p = sm
+		default:
+			return false
+		}
+		return true
+	})
+	return m
+}
+
+// finish marks inf settled and frees its in-flight slot. It reports false
+// when inf was already settled.
+func (s *sub) finish(inf *inflight) bool {
+	inf.mu.Lock()
+	was := inf.settled
+	inf.settled = true
+	inf.mu.Unlock()
+	if was {
+		return false
+	}
+	s.mu.Lock()
+	delete(s.inflight, inf)
+	s.mu.Unlock()
+	<-s.tokens
+	return true
+}
+
+// release returns a message that was received but not handed to a handler.
+func (s *sub) release(inf *inflight) {
+	if !s.finish(inf) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := s.changeVisibility(ctx, inf, 0); err != nil {
+		s.t.o.Logger.Debug("sqstransport: release failed; the message returns after its visibility timeout", "queue", s.queue, "message_id", inf.m.ID, "error", err)
+	}
+}
+
+func (s *sub) changeVisibility(ctx context.Context, inf *inflight, secs int32) error {
+	_, err := s.t.sqs.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
+		QueueUrl: aws.String(s.url), ReceiptHandle: inf.sm.ReceiptHandle, VisibilityTimeout: secs,
+	})
+	if err != nil {
+		return fmt.Errorf("sqstransport: ChangeMessageVisibility: %w", s.t.scrub(err))
+	}
+	return nil
+}
+
+// extender keeps the messages of running handlers invisible: when less
+// than half of a message's visibility timeout is left it is renewed.
+func (s *sub) extender(stop <-chan struct{}) {
+	period := max(time.Duration(s.vis)*time.Second/4, 100*time.Millisecond)
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	full := time.Duration(s.vis) * time.Second
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		var due []*inflight
+		for inf := range s.inflight {
+			if inf.deadline.Sub(now) < full/2 {
+				due = append(due, inf)
+			}
+		}
+		s.mu.Unlock()
+		for _, inf := range due {
+			inf.mu.Lock()
+			if !inf.settled {
+				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+				if err := s.changeVisibility(ctx, inf, s.vis); err != nil {
+					s.t.o.Logger.Warn("sqstransport: visibility extension failed; the message may be redelivered", "queue", s.queue, "message_id", inf.m.ID, "error", err)
+				} else {
+					inf.deadline = time.Now().Add(full)
+				}
+				cancel()
+			}
+			inf.mu.Unlock()
+		}
+	}
+}
+
+// deleter batches acks into DeleteMessageBatch calls until s.acks closes.
+func (s *sub) deleter() {
+	batch := make([]string, 0, maxBatch)
+	for {
+		rh, ok := <-s.acks
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], rh)
+		timer := time.NewTimer(s.t.o.AckLinger)
+		open := true
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case rh, ok := <-s.acks:
+				if !ok {
+					open = false
+					break fill
+				}
+				batch = append(batch, rh)
+			case <-timer.C:
+				break fill
+			}
+		}
+		timer.Stop()
+		s.deleteBatch(batch)
+		if !open {
+			return
+		}
+	}
+}
+
+func (s *sub) deleteBatch(batch []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	in := &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(s.url), Entries: make([]sqstypes.DeleteMessageBatchRequestEntry, len(batch))}
+	for i, rh := range batch {
+		in.Entries[i] = sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(rh)}
+	}
+	out, err := s.t.sqs.DeleteMessageBatch(ctx, in)
+	if err != nil {
+		s.t.o.Logger.Warn("sqstransport: delete failed; the messages will be redelivered", "queue", s.queue, "count", len(batch), "error", s.t.scrub(err))
+		return
+	}
+	for _, f := range out.Failed {
+		s.t.o.Logger.Warn("sqstransport: delete failed; the message will be redelivered", "queue", s.queue, "code", deref(f.Code), "error", deref(f.Message))
+	}
+}
+
+// acker settles one message for the Dispatcher.
+type acker struct {
+	s   *sub
+	inf *inflight
+}
+
+// Ack queues the message's deletion; deletes go out in batches of 10.
+func (a *acker) Ack(ctx context.Context) error {
+	if !a.s.finish(a.inf) {
+		return nil
+	}
+	a.s.acks <- deref(a.inf.sm.ReceiptHandle)
+	return nil
+}
+
+// Nack makes the message visible again after delay (whole seconds, at most
+// 12 hours; 0 at once).
+func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
+	if !a.s.finish(a.inf) {
+		return nil
+	}
+	secs := int32(0)
+	if delay > 0 {
+		secs = visibilitySeconds(delay)
+	}
+	return a.s.changeVisibility(ctx, a.inf, secs)
+}
+
+// Term handles a permanent failure when no DeadLetterTopic is set: with a
+// redrive policy the message is moved to its dead-letter queue at once
+// (sent there, then deleted); otherwise it is deleted and logged.
+func (a *acker) Term(ctx context.Context, reason string) error {
+	s := a.s
+	if !s.finish(a.inf) {
+		return nil
+	}
+	sm := &a.inf.sm
+	if s.redrive == "" {
+		s.t.o.Logger.Error("sqstransport: message failed permanently and neither a dead-letter topic nor a redrive policy is configured; deleted",
+			"topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
+		s.acks <- deref(sm.ReceiptHandle)
+		return nil
+	}
+	in := &sqs.SendMessageInput{QueueUrl: aws.String(s.redrive), MessageBody: sm.Body, MessageAttributes: sm.MessageAttributes}
+	if s.t.o.FIFO {
+		in.MessageGroupId, in.MessageDeduplicationId = fifoIDs(entry{m: a.inf.m})
+	}
+	if _, err := s.t.sqs.SendMessage(ctx, in); err != nil {
+		// Keep it: SQS's own redrive moves it after MaxReceiveCount.
+		_ = s.changeVisibility(ctx, a.inf, 0)
+		return fmt.Errorf("sqstransport: move to dead-letter queue: %w", s.t.scrub(err))
+	}
+	s.t.o.Logger.Warn("sqstransport: message failed permanently; moved to the redrive dead-letter queue", "topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
+	s.acks <- deref(sm.ReceiptHandle)
+	return nil
+}
