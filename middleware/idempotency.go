@@ -1,0 +1,189 @@
+package middleware
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/courierkit/courier/message"
+)
+
+// IdempotencyOptions configure Idempotency.
+type IdempotencyOptions struct {
+	// Key returns the de-duplication key of a message. Default: its ID.
+	// A key function lets a business identity (an order number in a
+	// header) de-duplicate messages published twice with different IDs.
+	// An empty key runs the handler without de-duplication.
+	Key func(*message.Message) string
+	// Scope prefixes every key, so each consumer group keeps its own
+	// record ("processed by this group"). Default: the Router route's
+	// group, or its topic for a route without a group; outside a Router,
+	// no prefix. Stored keys are scope + "/" + key.
+	Scope string
+	// ClaimTTL is how long a claim lasts: a delivery whose process
+	// crashed mid-handler blocks the message for at most this long. Keep
+	// it above the longest handler run including in-process retries.
+	// Default 5m.
+	ClaimTTL time.Duration
+	// Retention is how long a processed key is remembered; duplicates
+	// arriving later run again. Default 24h.
+	Retention time.Duration
+	// InProgressDelay is the redelivery delay (message.RetryAfter) of a
+	// message that another delivery is processing right now. Default 5s.
+	InProgressDelay time.Duration
+	// FailOpen runs the handler without de-duplication when the store
+	// fails on Claim. Default false: the message is nacked (the store
+	// error is returned) and comes back later.
+	FailOpen bool
+	// Logger gets store failures that do not fail the message (Done or
+	// Release failing). Default nil: discards.
+	Logger *slog.Logger
+}
+
+// Idempotency runs the handler at most once per key (by default the
+// message ID) and scope (by default the consumer group), across
+// redeliveries, duplicates published upstream and concurrent deliveries
+// in any number of processes sharing store:
+//
+//   - Claim → Processed: the message was handled before; it is acked
+//     without running the handler.
+//   - Claim → InProgress: another delivery of it is running; it is nacked
+//     with InProgressDelay (an error matching ErrInProgress), and when it
+//     comes back the other delivery has finished.
+//   - Claim → Claimed: the handler runs. Success marks the key Done (kept
+//     for Retention); a failure or a panic releases the claim so a
+//     redelivery runs the handler again; a crash leaves the claim to
+//     expire after ClaimTTL.
+//
+// Done and Release use context.WithoutCancel, so they land during
+// shutdown. When Done fails the message is still acked (the handler's
+// effects exist) and the failure logged: a later duplicate may then run
+// again. A handler's effects and the Done mark are not one transaction;
+// for exactly-once effects in a database, use the outbox package's inbox,
+// which implements IdempotencyStore inside the handler's transaction.
+//
+// Place it outside CircuitBreaker and Retry (one claim covers all
+// in-process attempts, and a refused message releases its claim) and
+// inside DeadLetter (a dead-lettered message is not marked processed).
+func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middleware {
+	o := opts
+	if o.ClaimTTL <= 0 {
+		o.ClaimTTL = 5 * time.Minute
+	}
+	if o.Retention <= 0 {
+		o.Retention = 24 * time.Hour
+	}
+	if o.InProgressDelay <= 0 {
+		o.InProgressDelay = 5 * time.Second
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return func(next message.Handler) message.Handler {
+		return message.HandlerFunc(func(ctx context.Context, m *message.Message) (err error) {
+			key := m.ID
+			if o.Key != nil {
+				key = o.Key(m)
+			}
+			if key == "" {
+				return next.Handle(ctx, m)
+			}
+			key = scopedKey(ctx, o.Scope, key)
+			token := newToken()
+			state, cerr := store.Claim(ctx, key, token, o.ClaimTTL)
+			if cerr != nil {
+				if o.FailOpen && ctx.Err() == nil {
+					log.WarnContext(ctx, "courier: idempotency claim failed; running the handler without de-duplication", "message_id", m.ID, "key", key, "error", cerr)
+					return next.Handle(ctx, m)
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("middleware: idempotency claim of %q: %w", key, cerr)
+			}
+			switch state {
+			case Processed:
+				setOutcome(ctx, "duplicate")
+				return nil
+			case InProgress:
+				setOutcome(ctx, "in-progress")
+				return message.RetryAfter(&InProgressError{Key: key}, o.InProgressDelay)
+			case Claimed:
+			default:
+				return fmt.Errorf("middleware: idempotency store returned unknown claim state %d", state)
+			}
+			released := false
+			defer func() {
+				if !released {
+					// The handler panicked: release, then let the panic
+					// go on to Recover or the transport.
+					_ = store.Release(context.WithoutCancel(ctx), key, token)
+				}
+			}()
+			err = next.Handle(ctx, m)
+			released = true
+			sctx := context.WithoutCancel(ctx)
+			if err != nil {
+				if rerr := store.Release(sctx, key, token); rerr != nil {
+					log.WarnContext(ctx, "courier: idempotency release failed; the message waits for the claim to expire", "message_id", m.ID, "key", key, "claim_ttl", o.ClaimTTL, "error", rerr)
+				}
+				return err
+			}
+			if derr := store.Done(sctx, key, token, o.Retention); derr != nil {
+				log.ErrorContext(ctx, "courier: idempotency done failed; a duplicate of this message may run again", "message_id", m.ID, "key", key, "error", derr)
+			}
+			return nil
+		})
+	}
+}
+
+// InProgressError is the error for a message whose key another delivery
+// holds. It matches ErrInProgress.
+type InProgressError struct{ Key string }
+
+func (e *InProgressError) Error() string {
+	return fmt.Sprintf("middleware: message key %q is being processed by another delivery", e.Key)
+}
+
+// Is makes errors.Is(err, ErrInProgress) true.
+func (e *InProgressError) Is(target error) bool { return target == ErrInProgress }
+
+func scopedKey(ctx context.Context, scope, key string) string {
+	if scope == "" {
+		if d := routerDelivery(ctx); d != nil {
+			scope = d.Group()
+			if scope == "" {
+				scope = d.Topic()
+			}
+		}
+	}
+	if scope == "" {
+		return key
+	}
+	return scope + "/" + key
+}
+
+var (
+	tokenPrefix = func() string {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:]) + "-"
+	}()
+	tokenSeq atomic.Uint64
+)
+
+// newToken returns a claim token unique in this process and, with high
+// probability, across processes: a random per-process prefix and a
+// counter.
+func newToken() string {
+	var buf [48]byte
+	b := append(buf[:0], tokenPrefix...)
+	b = strconv.AppendUint(b, tokenSeq.Add(1), 36)
+	return string(b)
+}

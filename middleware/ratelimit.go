@@ -1,0 +1,54 @@
+package middleware
+
+import (
+	"context"
+
+	"golang.org/x/time/rate"
+
+	"github.com/courierkit/courier/message"
+)
+
+// RateLimitOptions configure RateLimit.
+type RateLimitOptions struct {
+	// Limit is the sustained rate, in handler runs per second. Default
+	// 100.
+	Limit rate.Limit
+	// Burst is how many runs may start at once above the rate. Default 1.
+	Burst int
+	// Limiter, when set, is used instead of a new limiter from Limit and
+	// Burst: pass the same *rate.Limiter to several RateLimit calls to
+	// share one budget across routes (for a downstream they all call).
+	// One RateLimit middleware value used for several routes (router-level
+	// middleware) shares its limiter too.
+	Limiter *rate.Limiter
+}
+
+// RateLimit makes each handler run wait for a token of a
+// golang.org/x/time/rate limiter. Placed inside Retry it limits every
+// attempt (what protects a downstream); outside, every delivery. A wait
+// that cannot finish before ctx ends returns ctx's error at once (the
+// message is nacked); waiting holds the message and a concurrency slot.
+func RateLimit(opts RateLimitOptions) message.Middleware {
+	lim := opts.Limiter
+	if lim == nil {
+		l, b := opts.Limit, opts.Burst
+		if l <= 0 {
+			l = 100
+		}
+		if b <= 0 {
+			b = 1
+		}
+		lim = rate.NewLimiter(l, b)
+	}
+	return func(next message.Handler) message.Handler {
+		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if err := lim.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
+			}
+			return next.Handle(ctx, m)
+		})
+	}
+}

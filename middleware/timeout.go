@@ -1,0 +1,74 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/courierkit/courier/message"
+)
+
+// ErrTimeout is matched (errors.Is) by the error Timeout returns when the
+// handler overran its deadline.
+var ErrTimeout = errors.New("middleware: handler timed out")
+
+// TimeoutOptions configure Timeout.
+type TimeoutOptions struct {
+	// Timeout bounds one handler run. Default 30s (the default AckWait:
+	// a handler that runs longer risks redelivery on transports without
+	// lease extension).
+	Timeout time.Duration
+}
+
+// TimeoutError is what Timeout returns when the handler's context hit
+// the deadline; it wraps the handler's own error (usually
+// context.DeadlineExceeded) and matches ErrTimeout.
+type TimeoutError struct {
+	Timeout time.Duration
+	Err     error
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("middleware: handler timed out after %v: %v", e.Timeout, e.Err)
+}
+func (e *TimeoutError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrTimeout) true.
+func (e *TimeoutError) Is(target error) bool { return target == ErrTimeout }
+
+// Timeout runs the handler with a context that ends after opts.Timeout.
+// The handler must return when its context ends: Timeout does not abandon
+// a running handler (returning while it still works on the message would
+// let the message be acked or redelivered under it). When the deadline
+// was hit and the handler failed, the error is a *TimeoutError, which is
+// retryable (not Permanent) and counts as a failure for CircuitBreaker.
+//
+// Placed inside Retry, every attempt gets its own deadline; outside
+// Retry, one deadline bounds all attempts (see Retry).
+func Timeout(opts TimeoutOptions) message.Middleware {
+	d := opts.Timeout
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	return func(next message.Handler) message.Handler {
+		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			tctx, cancel := context.WithTimeout(ctx, d)
+			err := next.Handle(tctx, m)
+			cancel()
+			return timeoutResult(ctx, tctx, d, err)
+		})
+	}
+}
+
+// timeoutResult wraps err in a *TimeoutError when tctx's own deadline (not
+// the parent's end) stopped the handler.
+func timeoutResult(parent, tctx context.Context, d time.Duration, err error) error {
+	if err == nil || parent.Err() != nil || !errors.Is(tctx.Err(), context.DeadlineExceeded) {
+		return err
+	}
+	if message.IsPermanent(err) {
+		return err
+	}
+	return &TimeoutError{Timeout: d, Err: err}
+}
