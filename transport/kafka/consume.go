@@ -1,0 +1,759 @@
+package kafkatransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// Subscribe delivers topic's messages to h until ctx ends or the
+// transport closes. With opts.Group it joins that Kafka consumer group;
+// without, it reads every partition from the end (StartNew) or the oldest
+// retained record (StartOldest) and commits nothing. See the package doc
+// for the delivery rules: offsets are committed only up to the last
+// contiguously acknowledged message of each partition.
+func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handler, opts transport.SubscribeOptions) error {
+	if h == nil {
+		return errors.New("kafkatransport: Subscribe needs a handler")
+	}
+	if err := transport.CheckSubscribe(topic, opts, t.limits); err != nil {
+		return err
+	}
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if opts.OrderedByKey && opts.Concurrency <= 1 {
+		// One handler at a time already keeps every order.
+		opts.OrderedByKey = false
+	}
+	if err := t.ensureTopic(ctx, topic); err != nil {
+		return err
+	}
+	so := opts.Defaults()
+	s := &subscription{
+		t: t, topic: topic, group: so.Group, opts: so,
+		tokens:   make(chan struct{}, so.MaxInFlight),
+		stopping: make(chan struct{}),
+		finished: make(chan struct{}),
+		runDone:  make(chan struct{}),
+		feedDone: make(chan struct{}),
+		parts:    map[*partState]struct{}{},
+	}
+	s.q.signal = make(chan struct{}, 1)
+	dopts := so
+	dopts.OrderedByKey = false // per-key order is kept here, across nacks too
+	s.disp = transport.NewDispatcher(ctx, h, transport.DispatchOptions{
+		Topic: topic, Group: so.Group, Subscribe: dopts, Logger: t.log,
+		DeadLetter: func(ctx context.Context, dlq string, m *message.Message) error {
+			return t.Publish(ctx, dlq, m)
+		},
+	})
+	s.cctx, s.ccancel = context.WithCancel(context.WithoutCancel(ctx))
+
+	cfg := *t.cfg
+	cfg.Producer.Idempotent = false
+	cfg.Net.MaxOpenRequests = 5
+	cfg.ChannelBufferSize = max(16, so.MaxInFlight)
+	if so.Start == transport.StartOldest {
+		cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	} else {
+		cfg.Consumer.Offsets.Initial = sarama.OffsetNewest
+	}
+	var run func()
+	if so.Group != "" {
+		if err := t.pinGroup(ctx, topic, so); err != nil {
+			if ctx.Err() != nil {
+				s.abort()
+				return ctx.Err()
+			}
+			t.log.Debug("kafkatransport: could not pin the group's start offsets", "topic", topic, "group", so.Group, "error", t.wrap("pin", err))
+		}
+		cg, err := sarama.NewConsumerGroup(t.o.Brokers, so.Group, &cfg)
+		if err != nil {
+			s.abort()
+			return t.wrap(fmt.Sprintf("consumer group %q", so.Group), err)
+		}
+		s.cg = cg
+		run = s.runGroup
+	} else {
+		c, err := sarama.NewConsumer(t.o.Brokers, &cfg)
+		if err != nil {
+			s.abort()
+			return t.wrap("consumer", err)
+		}
+		s.consumer = c
+		starts, err := s.startOffsets(c, so.Start)
+		if err != nil {
+			s.abort()
+			return err
+		}
+		run = func() { s.runPlain(starts) }
+	}
+
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		s.abort()
+		return transport.ErrClosed
+	}
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+
+	go func() { defer close(s.feedDone); s.feed() }()
+	go func() { defer close(s.runDone); run() }()
+
+	select {
+	case <-ctx.Done():
+		_ = s.stop(ctx)
+		return ctx.Err()
+	case <-s.stopping:
+		<-s.finished
+		return transport.ErrClosed
+	}
+}
+
+// subscription is one Subscribe call.
+type subscription struct {
+	t     *Transport
+	topic string
+	group string
+	opts  transport.SubscribeOptions
+	disp  *transport.Dispatcher
+
+	cg       sarama.ConsumerGroup
+	consumer sarama.Consumer
+
+	cctx     context.Context // fetching; cancelled to stop
+	ccancel  context.CancelFunc
+	runDone  chan struct{} // closed when fetching ended
+	feedDone chan struct{} // closed when the feeder ended
+
+	tokens chan struct{} // MaxInFlight: taken at fetch, returned at ack or drop
+	q      queue
+
+	mu    sync.Mutex
+	parts map[*partState]struct{}
+
+	stopOnce sync.Once
+	stopping chan struct{}
+	finished chan struct{}
+	stopErr  error
+}
+
+// abort releases what a Subscribe that did not start made.
+func (s *subscription) abort() {
+	s.ccancel()
+	s.q.close()
+	_ = s.disp.Stop(context.Background())
+	if s.cg != nil {
+		_ = s.cg.Close()
+	}
+	if s.consumer != nil {
+		_ = s.consumer.Close()
+	}
+}
+
+// stop ends the subscription: stop fetching, let in-flight handlers finish
+// (cancelling them when ctx ends first), commit, leave the group. It is
+// idempotent; every caller waits for the end.
+func (s *subscription) stop(ctx context.Context) error {
+	s.stopOnce.Do(func() {
+		close(s.stopping)
+		go func() {
+			defer close(s.finished)
+			s.stopErr = s.drain(ctx)
+			s.t.mu.Lock()
+			delete(s.t.subs, s)
+			s.t.mu.Unlock()
+		}()
+	})
+	select {
+	case <-s.finished:
+	case <-ctx.Done():
+		// Whoever started the stop has a ctx of its own; this caller's
+		// ended: hard-stop and wait for the landing of settles.
+		s.disp.Cancel()
+		<-s.finished
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.stopErr
+}
+
+func (s *subscription) drain(ctx context.Context) error {
+	if ctx.Err() != nil {
+		s.disp.Cancel()
+	}
+	// Stop fetching: every partition stops taking work, waits for its
+	// in-flight messages to settle and marks its offset; the group
+	// session commits in Cleanup.
+	s.ccancel()
+	select {
+	case <-s.runDone:
+	case <-ctx.Done():
+		s.disp.Cancel()
+		<-s.runDone
+	}
+	// Every partition is revoked: what is left in the queue is dropped.
+	s.q.close()
+	<-s.feedDone
+	err := s.disp.Stop(ctx)
+	if s.cg != nil {
+		if e := s.cg.Close(); e != nil {
+			s.t.log.Debug("kafkatransport: closing consumer group", "group", s.group, "error", s.t.wrap("close", e))
+		}
+	}
+	if s.consumer != nil {
+		_ = s.consumer.Close()
+	}
+	return err
+}
+
+// runGroup consumes as a member of the group until the subscription stops,
+// joining again after rebalances and broker errors.
+func (s *subscription) runGroup() {
+	go func() {
+		for err := range s.cg.Errors() {
+			s.t.log.Warn("kafkatransport: consumer group error", "topic", s.topic, "group", s.group, "error", s.t.wrap("consume", err))
+		}
+	}()
+	h := &groupHandler{s: s}
+	for s.cctx.Err() == nil {
+		err := s.cg.Consume(s.cctx, []string{s.topic}, h)
+		if s.cctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			break
+		}
+		if err != nil {
+			s.t.log.Warn("kafkatransport: consumer group session failed; joining again", "topic", s.topic, "group", s.group, "error", s.t.wrap("consume", err))
+			select {
+			case <-s.cctx.Done():
+			case <-time.After(s.t.o.ReconnectBackoff):
+			}
+		}
+	}
+}
+
+// startOffsets resolves where a group-less subscription starts, at the
+// moment Subscribe is called.
+func (s *subscription) startOffsets(c sarama.Consumer, start transport.StartPosition) (map[int32]int64, error) {
+	parts, err := c.Partitions(s.topic)
+	if err != nil {
+		return nil, s.t.wrap(fmt.Sprintf("partitions of %q", s.topic), err)
+	}
+	which := sarama.OffsetNewest
+	if start == transport.StartOldest {
+		which = sarama.OffsetOldest
+	}
+	out := make(map[int32]int64, len(parts))
+	for _, p := range parts {
+		off, err := s.t.client.GetOffset(s.topic, p, which)
+		if err != nil {
+			return nil, s.t.wrap(fmt.Sprintf("offset of %s/%d", s.topic, p), err)
+		}
+		out[p] = off
+	}
+	return out, nil
+}
+
+// runPlain reads every partition without a group.
+func (s *subscription) runPlain(starts map[int32]int64) {
+	var wg sync.WaitGroup
+	for p, off := range starts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.runPartition(p, off)
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *subscription) runPartition(p int32, off int64) {
+	for s.cctx.Err() == nil {
+		pc, err := s.consumer.ConsumePartition(s.topic, p, off)
+		if err != nil {
+			s.t.log.Warn("kafkatransport: cannot consume partition; retrying", "topic", s.topic, "partition", p, "error", s.t.wrap("consume", err))
+			select {
+			case <-s.cctx.Done():
+				return
+			case <-time.After(s.t.o.ReconnectBackoff):
+				continue
+			}
+		}
+		errsDone := make(chan struct{})
+		go func() {
+			defer close(errsDone)
+			for err := range pc.Errors() {
+				s.t.log.Warn("kafkatransport: partition consumer error", "topic", s.topic, "partition", p, "error", s.t.wrap("consume", err))
+			}
+		}()
+		pt := s.newPart(p, s.cctx, nil, nil)
+		var closeOnce sync.Once
+		closePC := func() { closeOnce.Do(pc.AsyncClose) }
+		stopWatch := context.AfterFunc(s.cctx, closePC)
+		s.consumeLoop(pt, pc.Messages())
+		stopWatch()
+		closePC()
+		for range pc.Messages() {
+		}
+		<-errsDone
+		// Not committed anywhere: a restart of this partition consumer
+		// (after an error closed it) resumes after what this process
+		// settled, and what was dropped is read again.
+		next := pt.resumeOffset()
+		if next >= 0 {
+			off = next
+		}
+	}
+}
+
+type groupHandler struct{ s *subscription }
+
+func (g *groupHandler) Setup(sarama.ConsumerGroupSession) error { return nil }
+
+// Cleanup runs after every claim of the session returned, that is after
+// their in-flight messages settled: commit what they acknowledged before
+// the partitions go to another member.
+func (g *groupHandler) Cleanup(sess sarama.ConsumerGroupSession) error {
+	sess.Commit()
+	return nil
+}
+
+func (g *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	topic, p := claim.Topic(), claim.Partition()
+	pt := g.s.newPart(p, sess.Context(), func(off int64) { sess.MarkOffset(topic, p, off, "") }, sess)
+	g.s.consumeLoop(pt, claim.Messages())
+	return nil
+}
+
+// consumeLoop takes messages of one partition (claim) into the
+// subscription until msgs closes or the partition's context ends, then
+// revokes the partition: it stops taking work, drops what did not start,
+// waits for the in-flight messages to settle and marks the committable
+// offset.
+func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMessage) {
+	defer s.releasePart(pt)
+	defer pt.revoke()
+	for {
+		var cm *sarama.ConsumerMessage
+		var ok bool
+		select {
+		case cm, ok = <-msgs:
+			if !ok {
+				return
+			}
+		case <-pt.ctx.Done():
+			return
+		}
+		select {
+		case s.tokens <- struct{}{}:
+		case <-pt.ctx.Done():
+			return
+		}
+		d := &delivery{pt: pt, cm: cm, attempt: 1}
+		pt.track(cm.Offset)
+		pt.submit(d)
+	}
+}
+
+func (s *subscription) releasePart(pt *partState) {
+	s.mu.Lock()
+	delete(s.parts, pt)
+	s.mu.Unlock()
+}
+
+// feed passes queued deliveries to the Dispatcher, one at a time (with
+// Concurrency 1 the handler runs right here).
+func (s *subscription) feed() {
+	for {
+		d, ok := s.q.pop()
+		if !ok {
+			return
+		}
+		pt := d.pt
+		pt.mu.Lock()
+		if pt.revoked {
+			pt.mu.Unlock()
+			pt.drop(d)
+			continue
+		}
+		pt.inDispatch++
+		pt.mu.Unlock()
+		m := d.message()
+		if err := s.disp.Deliver(pt.ctx, m, &acker{d: d}); err != nil {
+			pt.mu.Lock()
+			pt.inDispatch--
+			pt.cond.Broadcast()
+			pt.mu.Unlock()
+			pt.drop(d)
+		}
+	}
+}
+
+// delivery is one fetched record on its way through the subscription.
+type delivery struct {
+	pt      *partState
+	cm      *sarama.ConsumerMessage
+	attempt int
+	gone    bool // its token was returned (acked or dropped)
+}
+
+func (d *delivery) message() *message.Message {
+	cm := d.cm
+	m := &message.Message{Key: string(cm.Key), Payload: cm.Value, Topic: cm.Topic, Attempt: d.attempt, Time: cm.Timestamp}
+	for _, h := range cm.Headers {
+		if h == nil {
+			continue
+		}
+		k := string(h.Key)
+		if k == HeaderID {
+			m.ID = string(h.Value)
+			continue
+		}
+		if m.Headers == nil {
+			m.Headers = make(message.Header, len(cm.Headers))
+		}
+		m.Headers[k] = string(h.Value)
+	}
+	if m.ID == "" {
+		// A record from another producer: a stable ID from its position.
+		m.ID = cm.Topic + "-" + strconv.Itoa(int(cm.Partition)) + "-" + strconv.FormatInt(cm.Offset, 10)
+	}
+	sess := d.pt.sess
+	m.SetAs(func(target any) bool {
+		switch p := target.(type) {
+		case **sarama.ConsumerMessage:
+			*p = cm
+		case *sarama.ConsumerGroupSession:
+			if sess == nil {
+				return false
+			}
+			*p = sess
+		default:
+			return false
+		}
+		return true
+	})
+	return m
+}
+
+// acker settles a delivery for the Dispatcher.
+type acker struct{ d *delivery }
+
+func (a *acker) Ack(context.Context) error {
+	a.d.pt.ack(a.d)
+	return nil
+}
+
+func (a *acker) Nack(_ context.Context, delay time.Duration) error {
+	a.d.pt.nack(a.d, delay)
+	return nil
+}
+
+// partState tracks one partition of one subscription (one claim of a
+// group session): which offsets are outstanding, which keys are busy,
+// which nacked messages wait for redelivery.
+type partState struct {
+	s    *subscription
+	p    int32
+	ctx  context.Context
+	stop context.CancelFunc
+	mark func(next int64) // nil without a group
+	sess sarama.ConsumerGroupSession
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	pending    []pendingOffset // outstanding offsets in fetch order
+	head       int             // first live entry of pending
+	index      map[int64]int   // offset → position in pending
+	last       int64           // last fetched offset, -1 before any
+	inDispatch int
+	revoked    bool
+	keys       map[string]*keyGate // OrderedByKey: key → messages held behind the busy one
+	timers     map[*delivery]*time.Timer
+	marked     int64
+}
+
+type pendingOffset struct {
+	off  int64
+	done bool
+}
+
+type keyGate struct{ held []*delivery }
+
+func (s *subscription) newPart(p int32, parent context.Context, mark func(int64), sess sarama.ConsumerGroupSession) *partState {
+	pt := &partState{s: s, p: p, mark: mark, sess: sess, index: map[int64]int{}, last: -1, timers: map[*delivery]*time.Timer{}, marked: -1}
+	pt.ctx, pt.stop = context.WithCancel(parent)
+	pt.cond = sync.NewCond(&pt.mu)
+	if s.opts.OrderedByKey {
+		pt.keys = map[string]*keyGate{}
+	}
+	s.mu.Lock()
+	s.parts[pt] = struct{}{}
+	s.mu.Unlock()
+	return pt
+}
+
+func (pt *partState) track(off int64) {
+	pt.mu.Lock()
+	pt.index[off] = len(pt.pending)
+	pt.pending = append(pt.pending, pendingOffset{off: off})
+	pt.last = off
+	pt.mu.Unlock()
+}
+
+// submit queues d, or holds it behind a busy message of its key.
+func (pt *partState) submit(d *delivery) {
+	pt.mu.Lock()
+	if pt.revoked {
+		pt.mu.Unlock()
+		pt.drop(d)
+		return
+	}
+	if pt.keys != nil && len(d.cm.Key) > 0 {
+		k := string(d.cm.Key)
+		if g, busy := pt.keys[k]; busy {
+			g.held = append(g.held, d)
+			pt.mu.Unlock()
+			return
+		}
+		pt.keys[k] = &keyGate{}
+	}
+	pt.mu.Unlock()
+	if !pt.s.q.push(d) {
+		pt.drop(d)
+	}
+}
+
+// commitPoint is the offset to commit: the first outstanding offset, or
+// the one after the last fetched when none is. Called with mu held.
+func (pt *partState) commitPoint() int64 {
+	for pt.head < len(pt.pending) && pt.pending[pt.head].done {
+		delete(pt.index, pt.pending[pt.head].off)
+		pt.head++
+	}
+	if pt.head > 1024 && pt.head*2 > len(pt.pending) {
+		n := copy(pt.pending, pt.pending[pt.head:])
+		pt.pending = pt.pending[:n]
+		pt.head = 0
+		for i, e := range pt.pending {
+			pt.index[e.off] = i
+		}
+	}
+	if pt.head < len(pt.pending) {
+		return pt.pending[pt.head].off
+	}
+	return pt.last + 1
+}
+
+// ack settles d for good: its offset may be committed once every earlier
+// one is, and the next held message of its key goes.
+func (pt *partState) ack(d *delivery) {
+	pt.mu.Lock()
+	if i, ok := pt.index[d.cm.Offset]; ok {
+		pt.pending[i].done = true
+	}
+	next := pt.commitPoint()
+	var mark func(int64)
+	if next > pt.marked {
+		pt.marked = next
+		mark = pt.mark
+	}
+	pt.inDispatch--
+	pt.cond.Broadcast()
+	nd := pt.releaseKey(d)
+	pt.mu.Unlock()
+	if mark != nil {
+		mark(next)
+	}
+	pt.giveBack(d)
+	if nd != nil && !pt.s.q.push(nd) {
+		pt.drop(nd)
+	}
+}
+
+// releaseKey returns the next message held behind d's key, or frees the
+// key. Called with mu held.
+func (pt *partState) releaseKey(d *delivery) *delivery {
+	if pt.keys == nil || len(d.cm.Key) == 0 {
+		return nil
+	}
+	k := string(d.cm.Key)
+	g := pt.keys[k]
+	if g == nil {
+		return nil
+	}
+	if len(g.held) == 0 || pt.revoked {
+		delete(pt.keys, k)
+		return nil
+	}
+	nd := g.held[0]
+	g.held[0] = nil
+	g.held = g.held[1:]
+	return nd
+}
+
+// nack schedules d for redelivery in this process after delay (or the
+// backoff when none was asked for). Its offset stays uncommitted and its
+// key stays busy, so later messages of the key wait behind it.
+func (pt *partState) nack(d *delivery, delay time.Duration) {
+	o := pt.s.t.o
+	if delay <= 0 {
+		delay = o.RetryBackoff
+		for i := 1; i < d.attempt && delay < o.RetryBackoffMax; i++ {
+			delay *= 2
+		}
+		delay = min(delay, o.RetryBackoffMax)
+	}
+	pt.mu.Lock()
+	pt.inDispatch--
+	pt.cond.Broadcast()
+	if pt.revoked {
+		pt.mu.Unlock()
+		pt.drop(d)
+		return
+	}
+	d.attempt++
+	pt.timers[d] = time.AfterFunc(delay, func() {
+		pt.mu.Lock()
+		if _, ok := pt.timers[d]; !ok {
+			pt.mu.Unlock()
+			return // revoked: already dropped
+		}
+		delete(pt.timers, d)
+		revoked := pt.revoked
+		pt.mu.Unlock()
+		if revoked || !pt.s.q.push(d) {
+			pt.drop(d)
+		}
+	})
+	pt.mu.Unlock()
+}
+
+// drop gives up on d in this process: its token is returned and its offset
+// stays uncommitted, so whoever reads the partition next gets it again.
+func (pt *partState) drop(d *delivery) { pt.giveBack(d) }
+
+func (pt *partState) giveBack(d *delivery) {
+	pt.mu.Lock()
+	gone := d.gone
+	d.gone = true
+	pt.mu.Unlock()
+	if !gone {
+		<-pt.s.tokens
+	}
+}
+
+// revoke stops the partition taking work, drops what waits (held behind a
+// key, waiting for a redelivery timer), waits for the messages in the
+// Dispatcher to settle and marks the committable offset.
+func (pt *partState) revoke() {
+	pt.stop()
+	pt.mu.Lock()
+	pt.revoked = true
+	var dropped []*delivery
+	for d, tm := range pt.timers {
+		tm.Stop()
+		dropped = append(dropped, d)
+	}
+	clear(pt.timers)
+	for _, g := range pt.keys {
+		dropped = append(dropped, g.held...)
+	}
+	clear(pt.keys)
+	for pt.inDispatch > 0 {
+		pt.cond.Wait()
+	}
+	next := pt.commitPoint()
+	var mark func(int64)
+	if pt.last >= 0 && next > pt.marked {
+		pt.marked = next
+		mark = pt.mark
+	}
+	pt.mu.Unlock()
+	for _, d := range dropped {
+		pt.drop(d)
+	}
+	if mark != nil {
+		mark(next)
+	}
+}
+
+// resumeOffset is where a group-less partition reader restarts: the first
+// offset not settled, or -1 when nothing was fetched.
+func (pt *partState) resumeOffset() int64 {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.last < 0 {
+		return -1
+	}
+	return pt.commitPoint()
+}
+
+// queue is the unbounded hand-off from partitions (and redelivery timers)
+// to the feeder; its length is bounded by the subscription's tokens.
+type queue struct {
+	mu     sync.Mutex
+	items  []*delivery
+	closed bool
+	signal chan struct{}
+}
+
+func (q *queue) push(d *delivery) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, d)
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (q *queue) pop() (*delivery, bool) {
+	for {
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			d := q.items[0]
+			q.items[0] = nil
+			q.items = q.items[1:]
+			q.mu.Unlock()
+			return d, true
+		}
+		if q.closed {
+			q.mu.Unlock()
+			return nil, false
+		}
+		q.mu.Unlock()
+		<-q.signal
+	}
+}
+
+func (q *queue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,466 @@
+package kafkatransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// HeaderID is the record header that carries Message.ID. It is reserved:
+// a message may not set a header of this name itself.
+const HeaderID = "courier-id"
+
+var (
+	// ErrNoBrokers is returned by New when Options.Brokers is empty.
+	ErrNoBrokers = errors.New("kafkatransport: no brokers")
+	// ErrTopicMissing is returned when a topic does not exist and
+	// Options.NoCreateTopics forbids creating it.
+	ErrTopicMissing = errors.New("kafkatransport: topic does not exist")
+	// ErrMessageTooLarge wraps the broker's MESSAGE_TOO_LARGE answer
+	// (sarama.ErrMessageSizeTooLarge stays reachable with errors.Is): the
+	// broker's message.max.bytes or the topic's max.message.bytes is
+	// below Options.MaxMessageBytes. It also matches transport.ErrLimit.
+	ErrMessageTooLarge = errors.New("kafkatransport: the broker rejected a message as too large (lower max_message_bytes to the broker's message.max.bytes)")
+)
+
+const (
+	// recordOverhead is what sarama counts per record on top of key and
+	// value (sarama's maximumRecordOverhead), headerOverhead per header.
+	recordOverhead = 36
+	headerOverhead = 10
+)
+
+// Transport is a courier transport on Apache Kafka, through IBM/sarama.
+// It implements transport.Conn. Create it with New or transport.Open.
+type Transport struct {
+	o       Options
+	cfg     *sarama.Config
+	log     *slog.Logger
+	secrets []string
+	limits  transport.Limits
+
+	client   sarama.Client // producer and admin requests
+	producer sarama.SyncProducer
+	admin    sarama.ClusterAdmin
+
+	topicsMu sync.Mutex
+	topics   map[string]bool // known to exist
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{} // closed by Close/Shutdown
+	subs   map[*subscription]struct{}
+	subsWG sync.WaitGroup
+}
+
+var _ transport.Conn = (*Transport)(nil)
+
+// New connects to the brokers in opts and returns a Transport. It fails
+// when no broker answers before ctx ends.
+func New(ctx context.Context, opts Options) (*Transport, error) {
+	if len(opts.Brokers) == 0 {
+		return nil, ErrNoBrokers
+	}
+	o := opts.withDefaults()
+	cfg, err := o.config()
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{
+		o: o, cfg: cfg, log: o.Logger, secrets: o.secrets(),
+		topics: map[string]bool{}, done: make(chan struct{}),
+		subs: map[*subscription]struct{}{},
+	}
+	t.limits = transport.Limits{
+		MaxMessage: o.MaxMessageBytes - recordOverhead - headerOverhead - len(HeaderID),
+		MaxNameLen: 249, // Kafka's topic name limit
+	}
+	t.limits.MaxPayload = t.limits.MaxMessage - 64
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	type result struct {
+		c   sarama.Client
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := sarama.NewClient(o.Brokers, cfg)
+		ch <- result{c, err}
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+	if r.err != nil {
+		return nil, t.wrap("connect", r.err)
+	}
+	t.client = r.c
+	t.producer, err = sarama.NewSyncProducerFromClient(t.client)
+	if err != nil {
+		t.client.Close()
+		return nil, t.wrap("producer", err)
+	}
+	t.admin, err = sarama.NewClusterAdminFromClient(t.client)
+	if err != nil {
+		t.producer.Close()
+		t.client.Close()
+		return nil, t.wrap("admin", err)
+	}
+	return t, nil
+}
+
+// redactedErr keeps the chain of an SDK error while hiding credentials in
+// its text.
+type redactedErr struct {
+	msg string
+	err error
+}
+
+func (e *redactedErr) Error() string { return e.msg }
+func (e *redactedErr) Unwrap() error { return e.err }
+
+// wrap prefixes err with the package and the operation, and scrubs
+// credentials from its text; the SDK error stays reachable.
+func (t *Transport) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &redactedErr{msg: "kafkatransport: " + op + ": " + transport.RedactSecrets(err.Error(), t.secrets...), err: err}
+}
+
+func (t *Transport) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// Capabilities reports what Kafka through this adapter does; see the
+// package doc for the reasoning behind each field.
+func (t *Transport) Capabilities() transport.Capabilities {
+	return transport.Capabilities{
+		Persistent:     true,
+		Redelivery:     true,
+		DelayedNack:    true,
+		AttemptCount:   true,
+		OrderedByKey:   true,
+		DeadLetter:     true,
+		Replay:         true,
+		BrokerTime:     true,
+		LeaseExtension: true,
+		Limits:         t.limits,
+	}
+}
+
+// As sets target to one of the native clients: *sarama.Client (the client
+// the producer and admin share), *sarama.SyncProducer,
+// *sarama.ClusterAdmin or *sarama.Config (a copy of the configuration the
+// transport's clients use).
+func (t *Transport) As(target any) bool {
+	switch p := target.(type) {
+	case *sarama.Client:
+		*p = t.client
+	case *sarama.SyncProducer:
+		*p = t.producer
+	case *sarama.ClusterAdmin:
+		*p = t.admin
+	case *sarama.Config:
+		*p = *t.cfg
+	default:
+		return false
+	}
+	return true
+}
+
+// Publish sends msgs to topic as one batch of produce requests (one per
+// partition leader, sent together) and returns when the brokers
+// acknowledged every record with acks=all. The idempotent producer keeps
+// retries from duplicating or reordering records. Message.Key is the
+// record key (the partition is the hash of it; an empty key spreads
+// records over partitions); ID travels in the courier-id header, Headers
+// as record headers.
+func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := transport.PreparePublish(topic, msgs, t.limits); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	pms := make([]*sarama.ProducerMessage, len(msgs))
+	for i, m := range msgs {
+		pm, err := t.record(i, topic, m)
+		if err != nil {
+			return err
+		}
+		pms[i] = pm
+	}
+	if err := t.ensureTopic(ctx, topic); err != nil {
+		return err
+	}
+	return t.send(ctx, topic, pms)
+}
+
+func (t *Transport) record(i int, topic string, m *message.Message) (*sarama.ProducerMessage, error) {
+	if _, ok := m.Headers[HeaderID]; ok {
+		return nil, fmt.Errorf("%w: message %d (id %q): header %q is reserved for the message ID", transport.ErrInvalidMessage, i, m.ID, HeaderID)
+	}
+	size := recordOverhead + len(HeaderID) + len(m.ID) + headerOverhead + len(m.Key) + len(m.Payload)
+	hs := make([]sarama.RecordHeader, 0, len(m.Headers)+1)
+	hs = append(hs, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(m.ID)})
+	for k, v := range m.Headers {
+		hs = append(hs, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+		size += len(k) + len(v) + headerOverhead
+	}
+	if size > t.o.MaxMessageBytes {
+		return nil, &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: transport.Size(m),
+			Limit: t.limits.MaxMessage - headerOverhead*len(m.Headers)}
+	}
+	pm := &sarama.ProducerMessage{Topic: topic, Headers: hs}
+	if m.Key != "" {
+		pm.Key = sarama.StringEncoder(m.Key)
+	}
+	if len(m.Payload) > 0 {
+		pm.Value = sarama.ByteEncoder(append([]byte(nil), m.Payload...))
+	}
+	return pm, nil
+}
+
+// send runs SendMessages, which hands the whole batch to sarama's
+// producer at once (it groups records by partition leader into one
+// request each), and waits for the acks or ctx.
+func (t *Transport) send(ctx context.Context, topic string, pms []*sarama.ProducerMessage) error {
+	done := make(chan error, 1)
+	go func() { done <- t.producer.SendMessages(pms) }()
+	timer := time.NewTimer(t.o.PublishTimeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-done:
+	case <-timer.C:
+		return fmt.Errorf("kafkatransport: publish to %q: not acknowledged within publish_timeout %s (the records may still land)", topic, t.o.PublishTimeout)
+	case <-ctx.Done():
+		// The records may still land: the caller gets ctx.Err() and
+		// should publish again (IDs make duplicates detectable).
+		return ctx.Err()
+	case <-t.done:
+		return transport.ErrClosed
+	}
+	if err == nil {
+		return nil
+	}
+	var perrs sarama.ProducerErrors
+	if errors.As(err, &perrs) && len(perrs) > 0 {
+		first := perrs[0].Err
+		if errors.Is(first, sarama.ErrMessageSizeTooLarge) {
+			return errors.Join(ErrMessageTooLarge, transport.ErrLimit, t.wrap(fmt.Sprintf("publish to %q", topic), first))
+		}
+		if errors.Is(first, sarama.ErrClosedClient) || errors.Is(first, sarama.ErrShuttingDown) {
+			if t.isClosed() {
+				return transport.ErrClosed
+			}
+		}
+		return t.wrap(fmt.Sprintf("publish to %q: %d of %d messages failed", topic, len(perrs), len(pms)), first)
+	}
+	return t.wrap(fmt.Sprintf("publish to %q", topic), err)
+}
+
+// ensureTopic makes sure topic exists, creating it when allowed.
+func (t *Transport) ensureTopic(ctx context.Context, topic string) error {
+	t.topicsMu.Lock()
+	known := t.topics[topic]
+	t.topicsMu.Unlock()
+	if known {
+		return nil
+	}
+	exists, err := t.topicExists(topic)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		if t.o.NoCreateTopics {
+			return fmt.Errorf("%w: %q (create_topics=false)", ErrTopicMissing, topic)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rf := int16(t.o.ReplicationFactor)
+		if rf <= 0 {
+			rf = -1
+		}
+		err := t.admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: int32(t.o.Partitions), ReplicationFactor: rf}, false)
+		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			return t.wrap(fmt.Sprintf("create topic %q", topic), err)
+		}
+		// Wait until the metadata shows it, so producers and consumers
+		// find its partitions.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if ok, _ := t.topicExists(topic); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("kafkatransport: topic %q was created but does not show in metadata after 10s", topic)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	t.topicsMu.Lock()
+	t.topics[topic] = true
+	t.topicsMu.Unlock()
+	return nil
+}
+
+func (t *Transport) topicExists(topic string) (bool, error) {
+	err := t.client.RefreshMetadata(topic)
+	if err == nil {
+		ps, err := t.client.Partitions(topic)
+		return err == nil && len(ps) > 0, nil
+	}
+	if errors.Is(err, sarama.ErrUnknownTopicOrPartition) || errors.Is(err, sarama.ErrInvalidTopic) {
+		return false, nil
+	}
+	if errors.Is(err, sarama.ErrClosedClient) {
+		return false, transport.ErrClosed
+	}
+	return false, t.wrap(fmt.Sprintf("metadata of %q", topic), err)
+}
+
+// Declare creates topic if needed and, for opts.Group, pins the group's
+// starting offsets so messages published from now on are kept for it:
+// a group without committed offsets gets the current end of each
+// partition (StartNew) or nothing (StartOldest: it will read from the
+// oldest retained record).
+func (t *Transport) Declare(ctx context.Context, topic string, opts transport.SubscribeOptions) error {
+	if opts.Group == "" {
+		return fmt.Errorf("kafkatransport: Declare needs SubscribeOptions.Group")
+	}
+	if err := transport.CheckSubscribe(topic, opts, t.limits); err != nil {
+		return err
+	}
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := t.ensureTopic(ctx, topic); err != nil {
+		return err
+	}
+	if opts.DeadLetterTopic != "" {
+		if err := t.ensureTopic(ctx, opts.DeadLetterTopic); err != nil {
+			return err
+		}
+	}
+	return t.pinGroup(ctx, topic, opts)
+}
+
+// pinGroup commits the end offsets for the partitions of topic that
+// opts.Group has no committed offset for, when the group is empty (Kafka
+// refuses such commits from outside while members are joined, which is
+// what keeps this from moving a live group's offsets).
+func (t *Transport) pinGroup(ctx context.Context, topic string, opts transport.SubscribeOptions) error {
+	if opts.Start == transport.StartOldest {
+		return nil // no committed offset + Offsets.Initial=oldest does it
+	}
+	parts, err := t.client.Partitions(topic)
+	if err != nil {
+		return t.wrap(fmt.Sprintf("partitions of %q", topic), err)
+	}
+	resp, err := t.admin.ListConsumerGroupOffsets(opts.Group, map[string][]int32{topic: parts})
+	if err != nil {
+		return t.wrap(fmt.Sprintf("offsets of group %q", opts.Group), err)
+	}
+	var missing []int32
+	for _, p := range parts {
+		b := resp.GetBlock(topic, p)
+		if b == nil || b.Offset < 0 {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return ctx.Err()
+	}
+	om, err := sarama.NewOffsetManagerFromClient(opts.Group, t.client)
+	if err != nil {
+		return t.wrap("offset manager", err)
+	}
+	defer om.Close()
+	for _, p := range missing {
+		end, err := t.client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return t.wrap(fmt.Sprintf("end offset of %s/%d", topic, p), err)
+		}
+		pom, err := om.ManagePartition(topic, p)
+		if err != nil {
+			return t.wrap("offset manager", err)
+		}
+		pom.MarkOffset(end, "")
+		defer pom.AsyncClose()
+	}
+	om.Commit()
+	return ctx.Err()
+}
+
+// Close stops every subscription at once (handlers' context cancelled,
+// what was not acked is redelivered later) and closes the clients. It is
+// idempotent.
+func (t *Transport) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = t.shutdown(ctx)
+	return nil
+}
+
+// Shutdown stops fetching, lets in-flight handlers finish, commits their
+// offsets, then closes the clients. When ctx ends first, handlers are
+// cancelled and ctx.Err() is returned. It is idempotent.
+func (t *Transport) Shutdown(ctx context.Context) error {
+	return t.shutdown(ctx)
+}
+
+func (t *Transport) shutdown(ctx context.Context) error {
+	t.mu.Lock()
+	first := !t.closed
+	t.closed = true
+	subs := make([]*subscription, 0, len(t.subs))
+	for s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.mu.Unlock()
+	var err error
+	for _, s := range subs {
+		if e := s.stop(ctx); e != nil && err == nil {
+			err = e
+		}
+	}
+	t.subsWG.Wait()
+	if first {
+		close(t.done)
+		_ = t.producer.Close()
+		_ = t.admin.Close() // closes t.client too
+		_ = t.client.Close()
+	}
+	return err
+}
