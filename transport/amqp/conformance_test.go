@@ -1,0 +1,37 @@
+package amqptransport
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/courierkit/courier/conformance"
+	"github.com/courierkit/courier/internal/testenv"
+	"github.com/courierkit/courier/transport"
+)
+
+// TestConformance runs the whole suite against a private node this test
+// starts (so the broker-restart case can stop and start it), or, where no
+// node can be started, against the broker testenv finds (the restart case
+// then skips).
+func TestConformance(t *testing.T) {
+	url := ""
+	var restart func(ctx context.Context) error
+	if os.Getenv("COURIER_AMQP_CONFORMANCE_SHARED") != "" {
+		url = brokerURL(t)
+	} else if n, err := testenv.StartRabbitMQ(t); err == nil {
+		url, restart = n.URL(), n.Restart
+	} else {
+		t.Logf("no private node (%v); the broker-restart case will skip", err)
+		url = brokerURL(t)
+	}
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (transport.Conn, error) {
+			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second})
+		},
+		Restart:           restart,
+		Timeout:           30 * time.Second,
+		RedeliveryTimeout: 10 * time.Second,
+	})
+}

@@ -1,0 +1,473 @@
+package amqptransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// AMQP header names the transport sets itself; they never reach
+// Message.Headers and user headers may not use them.
+const (
+	hdrKey     = "x-courier-key"     // Message.Key
+	hdrAttempt = "x-courier-attempt" // attempts that failed before a republish
+)
+
+// reservedHeader reports header names the broker or this transport own:
+// the x-courier-* names, the broker's dead-lettering and delivery-count
+// headers, and CC/BCC (sender-selected distribution: the broker would
+// route on them).
+func reservedHeader(k string) bool {
+	switch k {
+	case "x-death", "x-delivery-count", "CC", "BCC":
+		return true
+	}
+	return strings.HasPrefix(k, "x-courier-") || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-")
+}
+
+// outgoing is one message ready for basic.publish.
+type outgoing struct {
+	key string
+	pub amqp.Publishing
+}
+
+// toPublishing maps m onto AMQP: ID → message-id; the content-type,
+// ce-correlationid and ce-type headers → the content-type, correlation-id
+// and type properties (when they fit a short string); Key → the
+// x-courier-key header; other headers → the header table as long strings.
+func (t *Transport) toPublishing(i int, m *message.Message, now time.Time) (outgoing, error) {
+	h := make(amqp.Table, len(m.Headers)+1)
+	p := amqp.Publishing{
+		MessageId:    m.ID,
+		DeliveryMode: amqp.Persistent,
+		Timestamp:    now,
+		Body:         m.Payload,
+		Headers:      h,
+	}
+	size := len(m.ID) + 2*len(m.Key)
+	for k, v := range m.Headers {
+		if reservedHeader(k) {
+			return outgoing{}, fmt.Errorf("%w: message %d (id %q): header name %q is reserved by the AMQP transport or the broker", transport.ErrInvalidMessage, i, m.ID, k)
+		}
+		if len(k) > 255 {
+			return outgoing{}, &transport.LimitError{Index: i, MessageID: m.ID, What: "header", Size: len(k), Limit: 255}
+		}
+		size += len(k) + len(v) + 6
+		if v != "" && len(v) <= 255 {
+			switch k {
+			case message.HeaderContentType:
+				p.ContentType = v
+				continue
+			case message.HeaderCorrelationID:
+				p.CorrelationId = v
+				continue
+			case message.HeaderType:
+				p.Type = v
+				continue
+			}
+		}
+		h[k] = v
+	}
+	if size > maxHeaderTotal {
+		return outgoing{}, &transport.LimitError{Index: i, MessageID: m.ID, What: "header", Size: size, Limit: maxHeaderTotal}
+	}
+	if m.Key != "" {
+		h[hdrKey] = m.Key
+	}
+	key := m.Key
+	if t.o.RoutingKeyHeader != "" {
+		key = m.Headers[t.o.RoutingKeyHeader]
+	}
+	if len(key) > 255 {
+		return outgoing{}, &transport.LimitError{Index: i, MessageID: m.ID, What: "key", Size: len(key), Limit: 255}
+	}
+	return outgoing{key: key, pub: p}, nil
+}
+
+// Publish sends msgs to the topic's exchange (declaring it when this
+// connection has not yet) on a confirm-mode channel, all of them back to
+// back, and returns once the broker confirmed every one. Unroutable
+// messages (no queue bound) fail with ErrUnroutable unless
+// Options.AllowUnroutable; a broker nack fails with ErrNacked. Messages
+// left unconfirmed by a lost connection are sent again after the
+// reconnect, for up to Options.PublishRetry (so a message may arrive
+// twice, never zero times while Publish reports success).
+func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := transport.PreparePublish(topic, msgs, t.caps.Limits); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	now := time.Now()
+	out := make([]outgoing, len(msgs))
+	for i, m := range msgs {
+		o, err := t.toPublishing(i, m, now)
+		if err != nil {
+			return err
+		}
+		out[i] = o
+	}
+	return t.send(ctx, topic, topic, out, !t.o.AllowUnroutable)
+}
+
+func (t *Transport) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// send publishes out to exchange (declaring topic's exchange first when
+// topic is set) and waits for the confirms, resending what a connection
+// loss left unconfirmed.
+func (t *Transport) send(ctx context.Context, exchange, topic string, out []outgoing, mandatory bool) error {
+	var until time.Time
+	pending := out
+	for {
+		pc, err := t.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		res := pc.publish(ctx, t, exchange, topic, pending, mandatory)
+		t.release(pc)
+		if res.err == nil && len(res.unconfirmed) == 0 {
+			switch {
+			case len(res.returned) > 0:
+				r := res.returned[0]
+				return fmt.Errorf("%w: %d of %d message(s) matched no queue (exchange %q, routing key %q, first id %q: %d %s)", ErrUnroutable, len(res.returned), len(pending), exchange, r.RoutingKey, r.MessageId, r.ReplyCode, r.ReplyText)
+			case res.nacked > 0:
+				return fmt.Errorf("%w: %d of %d message(s) on exchange %q", ErrNacked, res.nacked, len(pending), exchange)
+			}
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if res.err != nil && !res.connLoss {
+			return t.scrub(res.err)
+		}
+		if len(res.returned) > 0 {
+			return fmt.Errorf("%w: %d message(s) matched no queue (exchange %q)", ErrUnroutable, len(res.returned), exchange)
+		}
+		if until.IsZero() {
+			until = time.Now().Add(t.o.PublishRetry)
+		}
+		if t.o.NoPublishRetry || time.Now().After(until) || t.isClosed() {
+			cause := res.err
+			if cause == nil {
+				cause = errors.New("connection lost")
+			}
+			return t.scrub(fmt.Errorf("%w: %d of %d message(s) on exchange %q: %w", ErrUnconfirmed, len(res.unconfirmed), len(out), exchange, cause))
+		}
+		t.log.Debug("amqptransport: resending unconfirmed messages after connection loss", "exchange", exchange, "count", len(res.unconfirmed))
+		pending = res.unconfirmed
+		wctx, cancel := context.WithDeadline(ctx, until)
+		_, _, werr := t.connection(wctx)
+		cancel()
+		if werr != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if errors.Is(werr, transport.ErrClosed) {
+				return transport.ErrClosed
+			}
+			// Retry window ended while disconnected.
+			until = time.Now()
+		}
+	}
+}
+
+// pubChan is a confirm-mode channel used by one send at a time.
+type pubChan struct {
+	ch   *amqp.Channel
+	conn *amqp.Connection
+	gen  uint64
+	// exchanges declared on this channel's connection generation.
+	exchanges map[string]bool
+
+	mu   sync.Mutex
+	cur  *pubCall
+	dead bool
+	quit   chan struct{}    // closed when the watcher exits
+	closed chan *amqp.Error // the channel's close reason
+}
+
+type pubCall struct {
+	first    uint64
+	n        int
+	acked    []bool
+	settled  int
+	nacked   int
+	returned []amqp.Return
+	done     chan struct{}
+	lost     bool
+}
+
+type pubResult struct {
+	unconfirmed []outgoing
+	returned    []amqp.Return
+	nacked      int
+	err         error
+	connLoss    bool
+}
+
+func (t *Transport) acquire(ctx context.Context) (*pubChan, error) {
+	select {
+	case t.pubSlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	for {
+		select {
+		case pc := <-t.pubIdle:
+			if pc.usable(t) {
+				return pc, nil
+			}
+			pc.close()
+			continue
+		default:
+		}
+		break
+	}
+	for {
+		conn, gen, err := t.connection(ctx)
+		if err != nil {
+			<-t.pubSlots
+			return nil, err
+		}
+		pc, err := newPubChan(conn, gen)
+		if err == nil {
+			return pc, nil
+		}
+		if !t.isConnLoss(conn, err) {
+			<-t.pubSlots
+			return nil, t.scrub(fmt.Errorf("amqptransport: open publish channel: %w", err))
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			<-t.pubSlots
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (t *Transport) release(pc *pubChan) {
+	if pc.usable(t) {
+		select {
+		case t.pubIdle <- pc:
+		default:
+			pc.close()
+		}
+	} else {
+		pc.close()
+	}
+	<-t.pubSlots
+}
+
+func newPubChan(conn *amqp.Connection, gen uint64) (*pubChan, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	pc := &pubChan{ch: ch, conn: conn, gen: gen, exchanges: map[string]bool{}, quit: make(chan struct{})}
+	pc.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
+	// Unbuffered on purpose: the client's reader hands a basic.return to
+	// this goroutine before it processes the basic.ack that follows it, so
+	// a message's return is always recorded before its confirm.
+	returns := ch.NotifyReturn(make(chan amqp.Return))
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 256))
+	go pc.watch(returns, confirms)
+	return pc, nil
+}
+
+func (pc *pubChan) watch(returns <-chan amqp.Return, confirms <-chan amqp.Confirmation) {
+	defer close(pc.quit)
+	for {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			pc.mu.Lock()
+			if c := pc.cur; c != nil {
+				c.returned = append(c.returned, r)
+			}
+			pc.mu.Unlock()
+		case cf, ok := <-confirms:
+			pc.mu.Lock()
+			if !ok {
+				pc.dead = true
+				if c := pc.cur; c != nil && c.settled < c.n {
+					c.lost = true
+					close(c.done)
+					pc.cur = nil
+				}
+				pc.mu.Unlock()
+				// Keep draining returns until the client closes them.
+				if returns != nil {
+					for range returns {
+					}
+				}
+				return
+			}
+			if c := pc.cur; c != nil && cf.DeliveryTag >= c.first && cf.DeliveryTag < c.first+uint64(c.n) {
+				i := int(cf.DeliveryTag - c.first)
+				if !c.acked[i] {
+					c.acked[i] = true
+					c.settled++
+					if !cf.Ack {
+						c.nacked++
+					}
+					if c.settled == c.n {
+						close(c.done)
+						pc.cur = nil
+					}
+				}
+			}
+			pc.mu.Unlock()
+		}
+	}
+}
+
+func (pc *pubChan) usable(t *Transport) bool {
+	pc.mu.Lock()
+	dead := pc.dead
+	pc.mu.Unlock()
+	if dead || pc.ch.IsClosed() {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.closed && t.gen == pc.gen && t.conn == pc.conn
+}
+
+func (pc *pubChan) close() {
+	pc.mu.Lock()
+	pc.dead = true
+	pc.mu.Unlock()
+	_ = pc.ch.Close()
+}
+
+// publish sends out and waits for every confirm (or the channel's end).
+func (pc *pubChan) publish(ctx context.Context, t *Transport, exchange, topic string, out []outgoing, mandatory bool) pubResult {
+	if topic != "" && !pc.exchanges[topic] {
+		if err := t.declareExchange(pc.ch, topic); err != nil {
+			pc.close()
+			return pubResult{unconfirmed: out, err: err, connLoss: t.isConnLoss(pc.conn, err)}
+		}
+		pc.exchanges[topic] = true
+	}
+	call := &pubCall{first: pc.ch.GetNextPublishSeqNo(), n: len(out), acked: make([]bool, len(out)), done: make(chan struct{})}
+	pc.mu.Lock()
+	if pc.dead {
+		pc.mu.Unlock()
+		return pubResult{unconfirmed: out, err: amqp.ErrClosed, connLoss: true}
+	}
+	pc.cur = call
+	pc.mu.Unlock()
+	sent := len(out)
+	var perr error
+	for i := range out {
+		if err := pc.ch.PublishWithContext(ctx, exchange, out[i].key, mandatory, false, out[i].pub); err != nil {
+			perr = err
+			sent = i
+			break
+		}
+	}
+	if sent < len(out) {
+		// The channel broke (or ctx ended) part-way: nothing after sent
+		// went out. Wait for the rest by closing the channel.
+		pc.mu.Lock()
+		if pc.cur == call {
+			call.n = sent
+			if call.settled == call.n {
+				pc.cur = nil
+				close(call.done)
+			}
+		}
+		pc.mu.Unlock()
+		if ctx.Err() != nil {
+			pc.close()
+			return pubResult{unconfirmed: out, err: ctx.Err()}
+		}
+	}
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		pc.close()
+		<-pc.quit
+		return pubResult{unconfirmed: out, err: ctx.Err()}
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	res := pubResult{returned: call.returned, nacked: call.nacked}
+	for i := range out {
+		if i >= call.n || !call.acked[i] {
+			res.unconfirmed = append(res.unconfirmed, out[i])
+		}
+	}
+	if call.lost || perr != nil {
+		if perr == nil {
+			perr = amqp.ErrClosed
+			if cerr := pc.closeReason(); cerr != nil {
+				perr = cerr
+			}
+		}
+		res.err = perr
+		res.connLoss = t.isConnLoss(pc.conn, perr)
+	}
+	return res
+}
+
+// closeReason is a best-effort reason for a closed channel.
+func (pc *pubChan) closeReason() error {
+	select {
+	case e := <-pc.closed:
+		if e != nil {
+			return e
+		}
+	case <-time.After(50 * time.Millisecond):
+	}
+	if pc.conn.IsClosed() {
+		return amqp.ErrClosed
+	}
+	return nil
+}
+
+// declareExchange declares topic's durable exchange.
+func (t *Transport) declareExchange(ch *amqp.Channel, topic string) error {
+	if err := ch.ExchangeDeclare(topic, t.o.ExchangeType, true, false, false, false, nil); err != nil {
+		return topologyError(fmt.Sprintf("declare %s exchange %q", t.o.ExchangeType, topic), err)
+	}
+	return nil
+}
+
+// topologyError wraps a declaration failure, adding ErrTopology when the
+// broker refused it for conflicting settings or permissions.
+func topologyError(what string, err error) error {
+	var ae *amqp.Error
+	if errors.As(err, &ae) && (ae.Code == amqp.PreconditionFailed || ae.Code == amqp.AccessRefused || ae.Code == amqp.NotAllowed) {
+		return fmt.Errorf("%w: %s: %w", ErrTopology, what, err)
+	}
+	return fmt.Errorf("amqptransport: %s: %w", what, err)
+}
