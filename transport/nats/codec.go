@@ -1,0 +1,149 @@
+package natstransport
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// Header names the adapter itself puts on the wire.
+const (
+	// hdrMsgID carries Message.ID; JetStream de-duplicates on it.
+	hdrMsgID = jetstream.MsgIDHeader // "Nats-Msg-Id"
+	// hdrKey carries Message.Key.
+	hdrKey = "Courier-Key"
+	// hdrQuoted marks a message whose ID, key and header values are
+	// strconv.Quote'd, because one of them could not travel as it is
+	// (NATS trims leading and trailing white space of header values and
+	// cannot carry CR or LF).
+	hdrQuoted = "Courier-Quoted"
+)
+
+// reservedHeader reports whether a user header name clashes with what the
+// adapter or the server reads: Nats-* (any case) and the Courier-* names
+// above.
+func reservedHeader(k string) bool {
+	if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") {
+		return true
+	}
+	return k == hdrKey || k == hdrQuoted
+}
+
+// validHeaderKey mirrors nats.go's rule: printable ASCII without
+// "()/,:;<=>?@[\]{} and double quote.
+func validHeaderKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c < 33 || c > 126 || strings.IndexByte(`"()/,:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// needsQuote reports whether v would not survive a NATS header as it is.
+func needsQuote(v string) bool {
+	if v == "" {
+		return false
+	}
+	if isSpace(v[0]) || isSpace(v[len(v)-1]) {
+		return true
+	}
+	return strings.ContainsAny(v, "\r\n")
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// encode turns m into a nats.Msg for subject. It returns an error for a
+// header the wire cannot carry.
+func encode(i int, subject string, m *message.Message) (*nats.Msg, error) {
+	quote := needsQuote(m.ID) || needsQuote(m.Key)
+	for k, v := range m.Headers {
+		if !validHeaderKey(k) {
+			return nil, fmt.Errorf("%w: message %d (id %q): header name %q: NATS header names are printable ASCII without spaces or any of \"()/,:;<=>?@[\\]{}", transport.ErrInvalidMessage, i, m.ID, k)
+		}
+		if reservedHeader(k) {
+			return nil, fmt.Errorf("%w: message %d (id %q): header name %q is reserved (Nats-*, %s, %s)", transport.ErrInvalidMessage, i, m.ID, k, hdrKey, hdrQuoted)
+		}
+		if !quote && needsQuote(v) {
+			quote = true
+		}
+	}
+	q := func(s string) string { return s }
+	if quote {
+		q = strconv.Quote
+	}
+	h := make(nats.Header, len(m.Headers)+3)
+	for k, v := range m.Headers {
+		h[k] = []string{q(v)}
+	}
+	h[hdrMsgID] = []string{q(m.ID)}
+	if m.Key != "" {
+		h[hdrKey] = []string{q(m.Key)}
+	}
+	if quote {
+		h[hdrQuoted] = []string{"1"}
+	}
+	return &nats.Msg{Subject: subject, Header: h, Data: m.Payload}, nil
+}
+
+// wireSize is the size nats.go puts on the wire for msg (headers plus
+// data), to compare with the server's max_payload.
+func wireSize(msg *nats.Msg) int {
+	n := len(msg.Data)
+	if len(msg.Header) == 0 {
+		return n
+	}
+	n += len("NATS/1.0\r\n") + 2
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// decode turns a received NATS message into a courier message. Headers
+// the adapter or the server added are not passed on.
+func decode(topic string, hdr nats.Header, data []byte) (*message.Message, error) {
+	m := &message.Message{Topic: topic, Payload: data}
+	uq := func(s string) (string, error) { return s, nil }
+	if hdr.Get(hdrQuoted) == "1" {
+		uq = strconv.Unquote
+	}
+	var err error
+	if m.ID, err = uq(hdr.Get(hdrMsgID)); err != nil {
+		return nil, fmt.Errorf("natstransport: malformed quoted %s: %w", hdrMsgID, err)
+	}
+	if k := hdr.Get(hdrKey); k != "" {
+		if m.Key, err = uq(k); err != nil {
+			return nil, fmt.Errorf("natstransport: malformed quoted %s: %w", hdrKey, err)
+		}
+	}
+	for k, vs := range hdr {
+		if len(vs) == 0 || reservedHeader(k) {
+			continue
+		}
+		v, err := uq(vs[0])
+		if err != nil {
+			return nil, fmt.Errorf("natstransport: malformed quoted header %q: %w", k, err)
+		}
+		if m.Headers == nil {
+			m.Headers = make(message.Header, len(hdr))
+		}
+		m.Headers[k] = v
+	}
+	if m.Payload == nil {
+		m.Payload = []byte{}
+	}
+	return m, nil
+}
