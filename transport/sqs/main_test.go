@@ -104,7 +104,7 @@ func open(t testing.TB, mode sqstransport.Mode, o sqstransport.Options) *sqstran
 	if o.Region == "" {
 		o.Region = "us-east-1"
 	}
-	o.NoQueuePolicy = true // goaws rejects the Policy attribute
+	o.Goaws = os.Getenv(testenv.SQSEnvVar) == ""
 	tr, err := sqstransport.New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)

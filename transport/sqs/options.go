@@ -119,6 +119,18 @@ type Options struct {
 	// ack_linger.
 	AckLinger time.Duration
 
+	// Goaws adapts the transport to the goaws emulator
+	// (github.com/Admiral-Piett/goaws), which differs from AWS in ways
+	// the transport would otherwise treat as errors: its SendMessageBatch
+	// answer lists no entry at all (then counted as all sent, where AWS
+	// lists every entry as successful or failed and an unlisted one is
+	// reported as not sent); it rejects the queue Policy attribute (not
+	// set, as with NoQueuePolicy); its ApproximateReceiveCount is always
+	// 1 (Capabilities.AttemptCount is then false); a FIFO message made
+	// visible at once stays locked in its group (a nack of 0 waits 1s).
+	// Never set it against AWS. Default: false. URL: goaws.
+	Goaws bool
+
 	// Logger receives settle failures, dropped and redriven messages.
 	// Default: nil, discarding.
 	Logger *slog.Logger
@@ -201,6 +213,7 @@ func ParseURL(u *url.URL) (Options, error) {
 	q.Int("publish_concurrency", &o.PublishConcurrency)
 	q.Int("publish_attempts", &o.PublishAttempts)
 	q.Duration("ack_linger", &o.AckLinger)
+	q.Bool("goaws", &o.Goaws)
 	if err := q.Err(); err != nil {
 		return o, fmt.Errorf("sqstransport: %w", err)
 	}

@@ -290,7 +290,7 @@ func (t *Transport) sendSQS(ctx context.Context, qu string, b []entry) ([]EntryE
 	if err != nil {
 		return nil, fmt.Errorf("sqstransport: SendMessageBatch: %w", t.scrub(err))
 	}
-	return batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
+	return t.batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
 		for _, f := range out.Failed {
 			yield(deref(f.Id), deref(f.Code), deref(f.Message), f.SenderFault)
 		}
@@ -314,7 +314,7 @@ func (t *Transport) sendSNS(ctx context.Context, arn string, b []entry) ([]Entry
 	if err != nil {
 		return nil, fmt.Errorf("sqstransport: PublishBatch: %w", t.scrub(err))
 	}
-	return batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
+	return t.batchFailures(b, len(out.Successful), func(yield func(id, code, msg string, sender bool)) {
 		for _, f := range out.Failed {
 			yield(deref(f.Id), deref(f.Code), deref(f.Message), f.SenderFault)
 		}
@@ -324,7 +324,7 @@ func (t *Transport) sendSNS(ctx context.Context, arn string, b []entry) ([]Entry
 // batchFailures maps a batch response's failed entries back to messages.
 // An entry the response lists neither as successful nor as failed counts as
 // failed: it is never reported as sent.
-func batchFailures(b []entry, nOK int, failed func(func(id, code, msg string, sender bool))) ([]EntryError, error) {
+func (t *Transport) batchFailures(b []entry, nOK int, failed func(func(id, code, msg string, sender bool))) ([]EntryError, error) {
 	var out []EntryError
 	seen := 0
 	failed(func(id, code, msg string, sender bool) {
@@ -335,6 +335,9 @@ func batchFailures(b []entry, nOK int, failed func(func(id, code, msg string, se
 		}
 		out = append(out, EntryError{Index: b[i].idx, MessageID: b[i].m.ID, Code: code, Message: msg, SenderFault: sender})
 	})
+	if nOK+seen == 0 && t.o.Goaws {
+		return nil, nil // goaws lists no entries; see Options.Goaws
+	}
 	if nOK+seen < len(b) {
 		return nil, errors.New("sqstransport: batch response accounts for fewer entries than were sent")
 	}

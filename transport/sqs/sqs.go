@@ -7,14 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -32,7 +32,7 @@ type Transport struct {
 	sns     *sns.Client
 	cfg     aws.Config
 	secrets []string
-	httpTr  *http.Transport // nil when Options.Config brought its own client
+	httpTr  atomic.Pointer[http.Transport] // nil when Options.Config brought its own client
 
 	mu       sync.Mutex
 	closed   bool
@@ -69,19 +69,6 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		if o.Profile != "" {
 			lo = append(lo, config.WithSharedConfigProfile(o.Profile))
 		}
-		// An HTTP transport of our own: enough idle connections for
-		// parallel receivers and batches, closed with the Transport.
-		t.httpTr = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          256,
-			MaxIdleConnsPerHost:   64,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		}
-		lo = append(lo, config.WithHTTPClient(&http.Client{Transport: t.httpTr}))
 		if o.AccessKeyID != "" || o.SecretAccessKey != "" {
 			lo = append(lo, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(o.AccessKeyID, o.SecretAccessKey, o.SessionToken)))
 		}
@@ -94,6 +81,19 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		}
 		if cfg.Region == "" {
 			cfg.Region = "us-east-1"
+		}
+		// Enough idle connections for parallel receivers and batches, on
+		// an HTTP transport of the Transport's own, closed with it.
+		if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+			tr := bc.GetTransport() // a copy, with the chain's TLS settings
+			tr.MaxIdleConns = 256
+			tr.MaxIdleConnsPerHost = 64
+			t.httpTr.Store(tr)
+			cfg.HTTPClient = &http.Client{
+				Transport:     tr,
+				Timeout:       bc.GetTimeout(),
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
 		}
 		t.cfg = cfg
 	}
@@ -137,7 +137,7 @@ func (t *Transport) Capabilities() transport.Capabilities {
 		Persistent:     true,
 		Redelivery:     true,
 		DelayedNack:    true,
-		AttemptCount:   true,
+		AttemptCount:   !t.o.Goaws,
 		OrderedByKey:   t.o.FIFO,
 		DeadLetter:     true,
 		Replay:         false,
@@ -189,8 +189,8 @@ func (t *Transport) Close() error {
 
 // closeIdle drops idle HTTP connections once the transport is closed.
 func (t *Transport) closeIdle() {
-	if t.httpTr != nil {
-		t.httpTr.CloseIdleConnections()
+	if tr := t.httpTr.Load(); tr != nil {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -487,7 +487,7 @@ func (t *Transport) subscribeQueueARN(ctx context.Context, topic, qu string) (st
 	if err != nil {
 		return "", err
 	}
-	if !t.o.NoQueuePolicy {
+	if !t.o.NoQueuePolicy && !t.o.Goaws {
 		pol, _ := json.Marshal(map[string]any{
 			"Version": "2012-10-17",
 			"Statement": []any{map[string]any{

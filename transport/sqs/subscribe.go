@@ -497,7 +497,7 @@ func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
 		return nil
 	}
 	secs := int32(0)
-	if delay > 0 {
+	if delay > 0 || a.s.t.o.FIFO && a.s.t.o.Goaws {
 		secs = visibilitySeconds(delay)
 	}
 	return a.s.changeVisibility(ctx, a.inf, secs)
