@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/courierkit/courier/message"
@@ -71,11 +72,13 @@ type Dispatcher struct {
 	sem     chan struct{} // MaxInFlight tokens
 	work    chan job
 	workers sync.WaitGroup
-	jobs    sync.WaitGroup
+	jobs    atomic.Int64  // taken, not yet settled
+	idle    chan struct{} // closed once stopped with no job left
+	idled   sync.Once
 
 	mu      sync.Mutex
 	keys    map[string]*keyQueue
-	stopped bool
+	stopped atomic.Bool
 	once    sync.Once
 }
 
@@ -94,7 +97,7 @@ func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions)
 	so := o.Subscribe.Defaults()
 	d := &Dispatcher{
 		h: h, o: so, topic: o.Topic, group: o.Group, dlq: o.DeadLetter,
-		log: o.Logger, sem: make(chan struct{}, so.MaxInFlight),
+		log: o.Logger, sem: make(chan struct{}, so.MaxInFlight), idle: make(chan struct{}),
 		sctx: context.WithoutCancel(parent),
 	}
 	if d.group == "" {
@@ -137,19 +140,18 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *message.Message, a Acker) e
 			return ErrClosed
 		}
 	}
-	d.mu.Lock()
-	if d.stopped {
-		d.mu.Unlock()
+	d.jobs.Add(1)
+	if d.stopped.Load() {
 		<-d.sem
+		d.jobDone()
 		return ErrClosed
 	}
-	d.jobs.Add(1)
 	j := job{m: m, a: a}
 	if d.work == nil {
-		d.mu.Unlock()
 		d.run(j)
 		return nil
 	}
+	d.mu.Lock()
 	if d.keys != nil && m.Key != "" {
 		if q, busy := d.keys[m.Key]; busy {
 			q.pending = append(q.pending, j)
@@ -227,7 +229,7 @@ func (d *Dispatcher) call(m *message.Message) (err error) {
 }
 
 func (d *Dispatcher) settle(j job, err error) {
-	defer func() { <-d.sem; d.jobs.Done() }()
+	defer func() { <-d.sem; d.jobDone() }()
 	m, a := j.m, j.a
 	switch {
 	case err == nil:
@@ -273,6 +275,14 @@ func (d *Dispatcher) deadLetter(m *message.Message, a Acker, cause error) {
 	}
 }
 
+// jobDone counts a settled (or refused) message and signals Stop when it
+// was the last one after stopping.
+func (d *Dispatcher) jobDone() {
+	if d.jobs.Add(-1) == 0 && d.stopped.Load() {
+		d.idled.Do(func() { close(d.idle) })
+	}
+}
+
 // Cancel ends the handlers' context: running handlers should return, and
 // messages not yet started are nacked for redelivery without running.
 func (d *Dispatcher) Cancel() { d.cancel() }
@@ -283,18 +293,17 @@ func (d *Dispatcher) Cancel() { d.cancel() }
 // for their settlement, and returns ctx.Err(). Stop may be called more than
 // once; call it only after the adapter's fetch loop stopped calling Deliver.
 func (d *Dispatcher) Stop(ctx context.Context) error {
-	d.mu.Lock()
-	d.stopped = true
-	d.mu.Unlock()
-	done := make(chan struct{})
-	go func() { d.jobs.Wait(); close(done) }()
+	d.stopped.Store(true)
+	if d.jobs.Load() == 0 {
+		d.idled.Do(func() { close(d.idle) })
+	}
 	var err error
 	select {
-	case <-done:
+	case <-d.idle:
 	case <-ctx.Done():
 		err = ctx.Err()
 		d.cancel()
-		<-done
+		<-d.idle
 	}
 	d.once.Do(func() {
 		if d.work != nil {

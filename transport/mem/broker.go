@@ -62,6 +62,7 @@ type topic struct {
 	mu     sync.Mutex
 	groups map[string]*group // durable groups by name
 	subs   []*group          // private groups of subscriptions without a group
+	all    []*group          // groups then subs, rebuilt when either changes
 
 	waiters int           // publishers blocked on a full backlog
 	space   chan struct{} // closed and replaced when room frees up
@@ -90,9 +91,20 @@ func (g *group) signal() {
 	}
 }
 
-// freed is called with t.mu held when backlog went down.
-func (t *topic) freed() {
-	if t.waiters > 0 {
+// rebuild refreshes t.all; called with t.mu held.
+func (t *topic) rebuild() {
+	t.all = t.all[:0]
+	for _, g := range t.groups {
+		t.all = append(t.all, g)
+	}
+	t.all = append(t.all, t.subs...)
+}
+
+// freed is called with t.mu held when g's backlog went down. Blocked
+// publishers are woken only once the group has drained to three quarters
+// of the limit, so a full topic does not wake them for every single ack.
+func (t *topic) freed(g *group, limit int) {
+	if t.waiters > 0 && (g == nil || g.backlog <= limit-limit/4) {
 		close(t.space)
 		t.space = make(chan struct{})
 	}

@@ -205,10 +205,7 @@ func (t *Transport) Publish(ctx context.Context, topicName string, msgs ...*mess
 	tp.mu.Lock()
 	for {
 		full := false
-		for _, g := range tp.groups {
-			full = full || g.backlog+len(recs) > t.o.MaxBacklog
-		}
-		for _, g := range tp.subs {
+		for _, g := range tp.all {
 			full = full || g.backlog+len(recs) > t.o.MaxBacklog
 		}
 		if !full {
@@ -239,10 +236,7 @@ func (t *Transport) Publish(ctx context.Context, topicName string, msgs ...*mess
 		g.backlog += len(recs)
 		g.signal()
 	}
-	for _, g := range tp.groups {
-		add(g)
-	}
-	for _, g := range tp.subs {
+	for _, g := range tp.all {
 		add(g)
 	}
 	tp.mu.Unlock()
@@ -267,6 +261,7 @@ func (t *Transport) Declare(ctx context.Context, topicName string, opts transpor
 	tp.mu.Lock()
 	if tp.groups[opts.Group] == nil {
 		tp.groups[opts.Group] = newGroup(opts.Group, false)
+		tp.rebuild()
 	}
 	tp.mu.Unlock()
 	return nil
@@ -393,11 +388,13 @@ func (t *Transport) Subscribe(ctx context.Context, topicName string, h message.H
 	if opts.Group == "" {
 		s.g = newGroup("", true)
 		tp.subs = append(tp.subs, s.g)
+		tp.rebuild()
 	} else {
 		s.g = tp.groups[opts.Group]
 		if s.g == nil {
 			s.g = newGroup(opts.Group, false)
 			tp.groups[opts.Group] = s.g
+			tp.rebuild()
 		}
 	}
 	if opts.OrderedByKey {
@@ -418,7 +415,8 @@ func (t *Transport) Subscribe(ctx context.Context, topicName string, h message.H
 				break
 			}
 		}
-		tp.freed()
+		tp.rebuild()
+		tp.freed(nil, 0)
 		tp.mu.Unlock()
 	}
 	close(s.exited)
@@ -435,12 +433,7 @@ func (t *Transport) publishDLQ(ctx context.Context, dlt string, m *message.Messa
 	r := &record{id: m.ID, key: m.Key, headers: m.Headers.Clone(), payload: append([]byte(nil), m.Payload...), time: time.Now()}
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	for _, g := range tp.groups {
-		g.ready.push(entry{rec: r})
-		g.backlog++
-		g.signal()
-	}
-	for _, g := range tp.subs {
+	for _, g := range tp.all {
 		g.ready.push(entry{rec: r})
 		g.backlog++
 		g.signal()
@@ -596,7 +589,7 @@ func (s *subscription) settle(dv *delivery, nack bool, delay time.Duration) {
 		if keyed {
 			s.release(e.rec.key)
 		}
-		tp.freed()
+		tp.freed(g, s.t.o.MaxBacklog)
 	case delay > 0:
 		e.due = time.Now().Add(delay).UnixNano()
 		e.held = keyed // keep the key busy so later messages wait
@@ -608,8 +601,11 @@ func (s *subscription) settle(dv *delivery, nack bool, delay time.Duration) {
 		g.ready.pushFront(e)
 	}
 	tp.mu.Unlock()
-	s.out.Add(-1)
-	g.signal()
+	// Wake the fetch loop only when it may be waiting on this settle: it
+	// was at its in-flight bound, the message came back, or a key freed.
+	if s.out.Add(-1) == int64(s.opts.MaxInFlight)-1 || nack || keyed {
+		g.signal()
+	}
 }
 
 var _ transport.LagReporter = (*Transport)(nil)
