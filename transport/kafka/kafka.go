@@ -388,7 +388,7 @@ func (t *Transport) pinGroup(ctx context.Context, topic string, opts transport.S
 	if err != nil {
 		return t.wrap(fmt.Sprintf("partitions of %q", topic), err)
 	}
-	resp, err := t.admin.ListConsumerGroupOffsets(opts.Group, map[string][]int32{topic: parts})
+	resp, err := t.groupOffsets(opts.Group, topic, parts)
 	if err != nil {
 		return t.wrap(fmt.Sprintf("offsets of group %q", opts.Group), err)
 	}
@@ -402,24 +402,32 @@ func (t *Transport) pinGroup(ctx context.Context, topic string, opts transport.S
 	if len(missing) == 0 {
 		return ctx.Err()
 	}
-	om, err := sarama.NewOffsetManagerFromClient(opts.Group, t.client)
-	if err != nil {
-		return t.wrap("offset manager", err)
-	}
-	defer om.Close()
+	req := sarama.NewOffsetCommitRequest(t.cfg, opts.Group)
 	for _, p := range missing {
 		end, err := t.client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
 			return t.wrap(fmt.Sprintf("end offset of %s/%d", topic, p), err)
 		}
-		pom, err := om.ManagePartition(topic, p)
-		if err != nil {
-			return t.wrap("offset manager", err)
-		}
-		pom.MarkOffset(end, "")
-		defer pom.AsyncClose()
+		req.AddBlock(topic, p, end, 0, "")
 	}
-	om.Commit()
+	coord, err := t.client.Coordinator(opts.Group)
+	if err != nil {
+		return t.wrap(fmt.Sprintf("coordinator of group %q", opts.Group), err)
+	}
+	resp2, err := coord.CommitOffset(req)
+	if err != nil {
+		return t.wrap(fmt.Sprintf("commit start offsets of group %q", opts.Group), err)
+	}
+	for _, ps := range resp2.Errors {
+		for p, kerr := range ps {
+			if kerr != sarama.ErrNoError {
+				// A member joined meanwhile (Kafka refuses commits
+				// from outside a non-empty group): it owns the
+				// offsets now.
+				return t.wrap(fmt.Sprintf("commit start offset of %s/%d for group %q", topic, p, opts.Group), kerr)
+			}
+		}
+	}
 	return ctx.Err()
 }
 

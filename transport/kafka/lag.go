@@ -2,6 +2,7 @@ package kafkatransport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -51,7 +52,7 @@ func (t *Transport) ConsumerLag(ctx context.Context, topic, group string) ([]Par
 		return nil, t.wrap(fmt.Sprintf("partitions of %q", topic), err)
 	}
 	slices.Sort(parts)
-	resp, err := t.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+	resp, err := t.groupOffsets(group, topic, parts)
 	if err != nil {
 		return nil, t.wrap(fmt.Sprintf("offsets of group %q", group), err)
 	}
@@ -78,4 +79,15 @@ func (t *Transport) ConsumerLag(ctx context.Context, topic, group string) ([]Par
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// groupOffsets fetches group's committed offsets; a group the broker does
+// not know (kfake answers GROUP_ID_NOT_FOUND where Kafka answers -1 offsets)
+// has none.
+func (t *Transport) groupOffsets(group, topic string, parts []int32) (*sarama.OffsetFetchResponse, error) {
+	resp, err := t.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+	if errors.Is(err, sarama.ErrGroupIDNotFound) {
+		return &sarama.OffsetFetchResponse{}, nil
+	}
+	return resp, err
 }
