@@ -1,0 +1,35 @@
+package gcppubsubtransport_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/courierkit/courier/conformance"
+	"github.com/courierkit/courier/transport"
+	gcppubsubtransport "github.com/courierkit/courier/transport/gcppubsub"
+)
+
+// TestConformance runs the suite on pstest (or $PUBSUB_EMULATOR_HOST).
+//
+// The transport runs with a native dead-letter policy (100 attempts, far
+// above what any case reaches) so that Pub/Sub counts delivery attempts
+// and the AttemptCount cases run too. AckWait is Pub/Sub's minimum ack
+// deadline, 10s, so LeaseExtension really outlives a deadline.
+// Restart is nil: pstest keeps its state in memory and loses it when
+// closed, so there is nothing to restart into.
+func TestConformance(t *testing.T) {
+	addr := emulator(t)
+	o := testOptions(addr)
+	o.DeadLetterTopic = "conf-native-dead-letter"
+	o.MaxDeliveryAttempts = 100
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (transport.Conn, error) {
+			return gcppubsubtransport.New(ctx, o)
+		},
+		Timeout: 30 * time.Second,
+		// pstest's gRPC server accepts requests of at most 4 MiB.
+		MaxPayloadTested: 3 << 20,
+		SubscribeOptions: transport.SubscribeOptions{AckWait: 10 * time.Second},
+	})
+}
