@@ -1,0 +1,210 @@
+package courierotel
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// ConsumerOptions configure the consumer middleware. The zero value takes
+// the topic from each message and reports no consumer group.
+type ConsumerOptions struct {
+	// Topic is messaging.destination.name when a message does not say
+	// (Message.Topic is empty). Default: "".
+	Topic string
+	// Group is messaging.consumer.group.name. Default: GroupFunc's
+	// answer, else none.
+	Group string
+	// GroupFunc returns the consumer group for a handler's context when
+	// Group is empty, for middleware installed once for many routes, e.g.
+	//
+	//	GroupFunc: func(ctx context.Context) string {
+	//		if d := router.FromContext(ctx); d != nil {
+	//			return d.Group()
+	//		}
+	//		return ""
+	//	}
+	//
+	// Default: nil.
+	GroupFunc func(ctx context.Context) string
+	// System overrides messaging.system for this middleware. Default: the
+	// Instrumentation's Options.System, else "courier" (Conn fills it from
+	// the transport).
+	System string
+	// MaxAttempts and DeadLetterTopic mirror the subscription's
+	// (transport.SubscribeOptions): a failure at attempt MaxAttempts or
+	// later is reported as dead-lettered, like a message.Permanent error
+	// always is, with DeadLetterTopic as DeadLetterTopicKey. Conn fills
+	// both. Default: 0 and "".
+	MaxAttempts     int
+	DeadLetterTopic string
+	// Attributes adds span attributes of your own per message, such as
+	// broker-specific ones read from the native message (m.As):
+	// messaging.destination.partition.id and messaging.kafka.offset from
+	// a *sarama.ConsumerMessage, messaging.rabbitmq.destination.routing_key
+	// from an amqp.Delivery. Default: nil.
+	Attributes func(ctx context.Context, m *message.Message) []attribute.KeyValue
+	// LinkOnly starts each process span in the handler's own trace (or a
+	// new one) with a link to the producer's span, instead of as its
+	// child. Default: false: the process span continues the producer's
+	// trace, so one request is one trace across services.
+	LinkOnly bool
+}
+
+// Middleware returns consumer middleware that runs each message's handler
+// in a consumer span "process {topic}" continuing the trace whose context
+// the message carries in its headers (see Publisher), with
+// messaging.system, messaging.operation.name and type "process",
+// messaging.destination.name, messaging.consumer.group.name,
+// messaging.message.id, messaging.message.conversation_id (the
+// correlation ID), the body size, the delivery attempt (AttemptKey) and,
+// on Kafka and Pub/Sub, the message key. The handler's context holds the
+// span, so messages it publishes through a traced Publisher are its
+// children, and the hooks (OnRetry, OnDeadLetter, OnDuplicate) add events
+// to it.
+//
+// A redelivered message (Attempt > 1) gets an EventRedelivered event and
+// counts in courier.messaging.redeliveries. A handler error sets the span's
+// status, error.type and OutcomeKey "nack"; a message.Permanent error, or
+// a failure at ConsumerOptions.MaxAttempts, is what the transport
+// dead-letters: OutcomeKey "dead_letter", an EventDeadLettered event and
+// courier.messaging.dead_lettered. Every message counts in
+// messaging.client.consumed.messages and its handler time in
+// messaging.process.duration.
+//
+// Put it first in the chain (outermost), so the span covers the other
+// middleware and what it sees is what the transport gets.
+func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
+	system := o.System
+	if system == "" {
+		system = i.systemFor(nil)
+	}
+	return func(next message.Handler) message.Handler {
+		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			return i.process(ctx, next, m, system, &o)
+		})
+	}
+}
+
+func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions) error {
+	start := time.Now()
+	topic := m.Topic
+	if topic == "" {
+		topic = o.Topic
+	}
+	group := o.Group
+	if group == "" && o.GroupFunc != nil {
+		group = o.GroupFunc(ctx)
+	}
+
+	attrs := make([]attribute.KeyValue, 0, 12)
+	attrs = append(attrs,
+		semconv.MessagingSystemKey.String(system),
+		semconv.MessagingOperationNameKey.String("process"),
+		semconv.MessagingOperationTypeKey.String("process"),
+		semconv.MessagingDestinationNameKey.String(topic),
+	)
+	if group != "" {
+		attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(group))
+	}
+	attrs = messageAttrs(attrs, system, m)
+	if m.Attempt > 0 {
+		attrs = append(attrs, AttemptKey.Int(m.Attempt))
+	}
+	if o.Attributes != nil {
+		attrs = append(attrs, o.Attributes(ctx, m)...)
+	}
+
+	parent := ctx
+	opts := make([]trace.SpanStartOption, 0, 4)
+	opts = append(opts, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(start))
+	if len(m.Headers) > 0 {
+		if rctx := i.prop.Extract(ctx, HeaderCarrier(m.Headers)); o.LinkOnly {
+			if rsc := trace.SpanContextFromContext(rctx); rsc.IsValid() {
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: rsc}))
+			}
+		} else {
+			parent = rctx
+		}
+	}
+	opts = append(opts, trace.WithAttributes(attrs...))
+	sctx, span := i.tracer.Start(parent, "process "+topic, opts...)
+
+	if i.consumed.Enabled(ctx) {
+		i.consumed.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
+	}
+	if m.Attempt > 1 {
+		span.AddEvent(EventRedelivered, trace.WithAttributes(AttemptKey.Int(m.Attempt)))
+		if i.redelivered.Enabled(ctx) {
+			i.redelivered.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
+		}
+	}
+
+	err := next.Handle(&processCtx{Context: sctx, d: delivery{system: system, topic: topic, group: group}}, m)
+
+	et := errorType(err)
+	switch {
+	case err == nil:
+		span.SetAttributes(OutcomeKey.String("ack"))
+	case message.IsPermanent(err) || (o.MaxAttempts > 0 && m.Attempt >= o.MaxAttempts):
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(OutcomeKey.String("dead_letter"), semconv.ErrorTypeKey.String(et))
+		i.deadLettered(sctx, span, system, topic, group, o.DeadLetterTopic, m.Attempt, err)
+	default:
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(OutcomeKey.String("nack"), semconv.ErrorTypeKey.String(et))
+	}
+	if i.processDur.Enabled(ctx) {
+		i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "process", topic, group, et))
+	}
+	span.End()
+	return err
+}
+
+// Conn returns c with Publish traced as by Publisher and every Subscribe's
+// handler wrapped in Middleware, filled from the subscription: topic,
+// group, MaxAttempts and DeadLetterTopic, and messaging.system from c
+// (SystemOf) unless Options.System is set. Declare, Capabilities,
+// Shutdown, Close and As go to c. The result's Unwrap returns c; ObserveLag
+// and SystemOf see through it.
+func (i *Instrumentation) Conn(c transport.Conn) *Conn {
+	pub := i.Publisher(c)
+	return &Conn{Conn: c, i: i, pub: pub}
+}
+
+// Conn is a transport.Conn traced and measured by an Instrumentation; see
+// Instrumentation.Conn.
+type Conn struct {
+	transport.Conn
+	i   *Instrumentation
+	pub *Publisher
+}
+
+var _ transport.Conn = (*Conn)(nil)
+
+// Unwrap returns the wrapped Conn.
+func (c *Conn) Unwrap() transport.Conn { return c.Conn }
+
+// Publish traces and measures the publish; see Instrumentation.Publisher.
+func (c *Conn) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	return c.pub.Publish(ctx, topic, msgs...)
+}
+
+// Subscribe subscribes h wrapped in the consumer middleware; see
+// Instrumentation.Conn.
+func (c *Conn) Subscribe(ctx context.Context, topic string, h message.Handler, opts transport.SubscribeOptions) error {
+	mw := c.i.Middleware(ConsumerOptions{
+		Topic: topic, Group: opts.Group, System: c.pub.system,
+		MaxAttempts: opts.MaxAttempts, DeadLetterTopic: opts.DeadLetterTopic,
+	})
+	return c.Conn.Subscribe(ctx, topic, mw(h), opts)
+}

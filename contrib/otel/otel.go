@@ -1,0 +1,351 @@
+package courierotel
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"reflect"
+	"strings"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// ScopeName is the instrumentation scope of the tracer and meter.
+const ScopeName = "github.com/courierkit/courier/contrib/otel"
+
+// Version is the instrumentation scope version.
+const Version = "0.1.0"
+
+// Attribute keys courier adds beside the semantic conventions' own.
+const (
+	// AttemptKey is the delivery attempt (Message.Attempt, 1 for the
+	// first delivery) on process spans and on retry, redelivery and
+	// dead-letter events; for OnRetry events, the in-process attempt that
+	// failed.
+	AttemptKey = attribute.Key("courier.message.attempt")
+	// RetryWaitKey is the wait before the next in-process attempt, in
+	// seconds (retry events).
+	RetryWaitKey = attribute.Key("courier.retry.wait")
+	// DeadLetterTopicKey is the topic a message was dead-lettered to.
+	DeadLetterTopicKey = attribute.Key("courier.dead_letter.topic")
+	// OutcomeKey tells what became of a processed message: "ack",
+	// "nack" or "dead_letter" (process spans).
+	OutcomeKey = attribute.Key("courier.outcome")
+	// BreakerNameKey names a circuit breaker (breaker metrics).
+	BreakerNameKey = attribute.Key("courier.breaker.name")
+	// BreakerStateKey is a breaker's state: closed, half-open or open.
+	BreakerStateKey = attribute.Key("courier.breaker.state")
+)
+
+// Span event names.
+const (
+	EventRedelivered  = "courier.redelivered"
+	EventRetry        = "courier.retry"
+	EventDeadLettered = "courier.dead_lettered"
+	EventDuplicate    = "courier.duplicate"
+)
+
+// ErrNoLag is returned by ObserveLag for a transport that does not
+// implement transport.LagReporter.
+var ErrNoLag = errors.New("courierotel: transport does not report lag (transport.LagReporter)")
+
+// Options configure an Instrumentation. The zero value uses the global
+// providers and the W3C trace context propagator.
+type Options struct {
+	// TracerProvider makes the tracer. Default: otel.GetTracerProvider()
+	// at the time New is called (the global provider delegates to one set
+	// later with otel.SetTracerProvider).
+	TracerProvider trace.TracerProvider
+	// MeterProvider makes the meter. Default: otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// Propagator writes and reads trace context in message headers.
+	// Default: propagation.TraceContext{} (W3C traceparent and
+	// tracestate), not the global propagator, which is a no-op unless the
+	// program sets one: messaging is where trace context must travel. Pass
+	// otel.GetTextMapPropagator() to follow the global setting, or a
+	// composite with propagation.Baggage{} to carry baggage (one more
+	// header: mind transports with few headers, such as SQS's 10 message
+	// attributes).
+	Propagator propagation.TextMapPropagator
+	// System is the messaging.system attribute. Default: derived from the
+	// wrapped transport's package by SystemOf (kafka, rabbitmq, nats,
+	// aws_sqs, gcp_pubsub, mem), "courier" where it cannot tell.
+	System string
+	// Logger receives lag polling failures (Warn, once per target until it
+	// recovers). Nothing is logged per message. Default: nil, which
+	// discards.
+	Logger *slog.Logger
+}
+
+// Instrumentation holds the tracer, the instruments and the propagator
+// shared by the publisher decorator, the consumer middleware, the hooks
+// and the lag gauges. Make one per process (or per transport) with New; it
+// is safe for concurrent use.
+type Instrumentation struct {
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
+	system string
+	log    *slog.Logger
+	meter  metric.Meter
+
+	sent        metric.Int64Counter
+	consumed    metric.Int64Counter
+	processDur  metric.Float64Histogram
+	opDur       metric.Float64Histogram
+	retries     metric.Int64Counter
+	redelivered metric.Int64Counter
+	deadLetters metric.Int64Counter
+	duplicates  metric.Int64Counter
+	breaker     metric.Int64Gauge
+	transitions metric.Int64Counter
+	lag         metric.Int64ObservableGauge
+	inFlight    metric.Int64ObservableGauge
+	dlqDepth    metric.Int64ObservableGauge
+
+	sets attrCache
+}
+
+// durationBuckets are the explicit histogram boundaries the messaging
+// semantic conventions advise for duration metrics, in seconds.
+var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// New returns an Instrumentation. It fails only when the meter refuses to
+// create an instrument; the returned Instrumentation is usable then too
+// (the failed instruments record nothing), as otel instrumentations are.
+func New(opts Options) (*Instrumentation, error) {
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	mp := opts.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	i := &Instrumentation{
+		tracer: tp.Tracer(ScopeName, trace.WithInstrumentationVersion(Version), trace.WithSchemaURL(semconv.SchemaURL)),
+		prop:   opts.Propagator,
+		system: opts.System,
+		log:    opts.Logger,
+		meter:  mp.Meter(ScopeName, metric.WithInstrumentationVersion(Version), metric.WithSchemaURL(semconv.SchemaURL)),
+	}
+	if i.prop == nil {
+		i.prop = propagation.TraceContext{}
+	}
+	if i.log == nil {
+		i.log = slog.New(slog.DiscardHandler)
+	}
+	m := i.meter
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// The semconv constructors give the conventional names, units and
+	// descriptions; recording goes through the plain instruments with
+	// cached attribute sets (cheaper than the convenience methods).
+	sent, err := messagingconv.NewClientSentMessages(m)
+	add(err)
+	i.sent = sent.Inst()
+	consumed, err := messagingconv.NewClientConsumedMessages(m)
+	add(err)
+	i.consumed = consumed.Inst()
+	pd, err := messagingconv.NewProcessDuration(m, metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	i.processDur = pd.Inst()
+	od, err := messagingconv.NewClientOperationDuration(m, metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	i.opDur = od.Inst()
+	i.retries, err = m.Int64Counter("courier.messaging.retries", metric.WithUnit("{retry}"),
+		metric.WithDescription("In-process retries of a handler (one per wait before another attempt)."))
+	add(err)
+	i.redelivered, err = m.Int64Counter("courier.messaging.redeliveries", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages delivered again by the broker (delivery attempt > 1)."))
+	add(err)
+	i.deadLetters, err = m.Int64Counter("courier.messaging.dead_lettered", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages given up on and sent to the dead-letter path."))
+	add(err)
+	i.duplicates, err = m.Int64Counter("courier.messaging.duplicates", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages skipped by idempotency because they were processed before."))
+	add(err)
+	i.breaker, err = m.Int64Gauge("courier.breaker.state", metric.WithUnit("1"),
+		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."))
+	add(err)
+	i.transitions, err = m.Int64Counter("courier.breaker.transitions", metric.WithUnit("{transition}"),
+		metric.WithDescription("Circuit breaker state changes, by the state entered."))
+	add(err)
+	i.lag, err = m.Int64ObservableGauge("courier.messaging.consumer.lag", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages stored for a consumer group and not yet delivered (per partition where the broker has partitions)."))
+	add(err)
+	i.inFlight, err = m.Int64ObservableGauge("courier.messaging.consumer.in_flight", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages delivered to a consumer group and not yet acknowledged."))
+	add(err)
+	i.dlqDepth, err = m.Int64ObservableGauge("courier.messaging.dead_letter.depth", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages waiting on a dead-letter topic for a group."))
+	add(err)
+	return i, errors.Join(errs...)
+}
+
+// Tracer is the Instrumentation's tracer, for spans of your own in the
+// same scope.
+func (i *Instrumentation) Tracer() trace.Tracer { return i.tracer }
+
+// Propagator is the propagator used for message headers.
+func (i *Instrumentation) Propagator() propagation.TextMapPropagator { return i.prop }
+
+// Inject writes the trace context of ctx into m's headers (traceparent,
+// tracestate). The publisher decorator does this itself; Inject is for
+// code that builds messages for another path (an outbox row).
+func (i *Instrumentation) Inject(ctx context.Context, m *message.Message) {
+	if m.Headers == nil {
+		m.Headers = make(message.Header, 2)
+	}
+	i.prop.Inject(ctx, HeaderCarrier(m.Headers))
+}
+
+// Extract returns ctx with the remote span context carried in m's headers.
+func (i *Instrumentation) Extract(ctx context.Context, m *message.Message) context.Context {
+	return i.prop.Extract(ctx, HeaderCarrier(m.Headers))
+}
+
+func (i *Instrumentation) systemFor(v any) string {
+	if i.system != "" {
+		return i.system
+	}
+	return SystemOf(v)
+}
+
+// SystemOf returns the messaging.system value for a courier transport (or
+// a value wrapping one, see Conn): "kafka", "rabbitmq", "nats", "aws_sqs",
+// "gcp_pubsub" or "mem", from the package of its concrete type; "courier"
+// for anything else.
+func SystemOf(v any) string {
+	for range 8 { // unwrap decorators
+		u, ok := v.(interface{ Unwrap() transport.Conn })
+		if !ok {
+			break
+		}
+		v = u.Unwrap()
+	}
+	if v == nil {
+		return "courier"
+	}
+	t := reflect.TypeOf(v)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	p := t.PkgPath()
+	const prefix = "github.com/courierkit/courier/transport/"
+	if !strings.HasPrefix(p, prefix) {
+		return "courier"
+	}
+	switch p[len(prefix):] {
+	case "kafka":
+		return string(messagingconv.SystemKafka)
+	case "amqp":
+		return string(messagingconv.SystemRabbitMQ)
+	case "nats":
+		return "nats"
+	case "sqs":
+		return string(messagingconv.SystemAWSSQS)
+	case "gcppubsub":
+		return string(messagingconv.SystemGCPPubSub)
+	case "mem":
+		return "mem"
+	}
+	return "courier"
+}
+
+// attrCache keeps metric attribute sets per (system, operation, topic,
+// group, error type) so the hot path neither sorts nor allocates them. It
+// is bounded: past maxSets entries new sets are built per call.
+type attrCache struct {
+	m sync.Map // setKey → metric.MeasurementOption
+	n sync.Mutex
+	c int
+}
+
+const maxSets = 4096
+
+type setKey struct {
+	kind                              uint8
+	system, topic, group, errType, op string
+}
+
+func (c *attrCache) get(k setKey, build func() attribute.Set) metric.MeasurementOption {
+	if v, ok := c.m.Load(k); ok {
+		return v.(metric.MeasurementOption)
+	}
+	opt := metric.WithAttributeSet(build())
+	c.n.Lock()
+	if c.c < maxSets {
+		if _, loaded := c.m.LoadOrStore(k, opt); !loaded {
+			c.c++
+		}
+	}
+	c.n.Unlock()
+	return opt
+}
+
+// baseAttrs are the attributes every messaging metric carries.
+func baseAttrs(system, op, opType, topic, group, errType string) []attribute.KeyValue {
+	kv := make([]attribute.KeyValue, 0, 6)
+	kv = append(kv,
+		semconv.MessagingSystemKey.String(system),
+		semconv.MessagingOperationNameKey.String(op),
+		semconv.MessagingDestinationNameKey.String(topic),
+	)
+	if opType != "" {
+		kv = append(kv, semconv.MessagingOperationTypeKey.String(opType))
+	}
+	if group != "" {
+		kv = append(kv, semconv.MessagingConsumerGroupNameKey.String(group))
+	}
+	if errType != "" {
+		kv = append(kv, semconv.ErrorTypeKey.String(errType))
+	}
+	return kv
+}
+
+// metricOpt returns the cached attribute option for an operation metric.
+func (i *Instrumentation) metricOpt(system, op, opType, topic, group, errType string) metric.MeasurementOption {
+	return i.sets.get(setKey{kind: 1, system: system, op: op, topic: topic, group: group, errType: errType}, func() attribute.Set {
+		return attribute.NewSet(baseAttrs(system, op, opType, topic, group, errType)...)
+	})
+}
+
+// errorType is a low-cardinality description of err for error.type.
+func errorType(err error) string {
+	if err == nil {
+		return ""
+	}
+	var le *transport.LimitError
+	var ne *transport.NameError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "context.canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "context.deadline_exceeded"
+	case errors.Is(err, transport.ErrClosed):
+		return "courier.closed"
+	case errors.As(err, &le), errors.Is(err, transport.ErrLimit):
+		return "courier.limit"
+	case errors.As(err, &ne), errors.Is(err, transport.ErrInvalidName):
+		return "courier.invalid_name"
+	case errors.Is(err, transport.ErrUnsupported):
+		return "courier.unsupported"
+	case message.IsPermanent(err):
+		return "courier.permanent"
+	}
+	return "_OTHER"
+}

@@ -1,0 +1,233 @@
+package courierotel
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// EventTraceContextDropped is added to a send span when a message could
+// not carry the trace context within the transport's header limits (see
+// Publisher).
+const EventTraceContextDropped = "courier.trace_context_dropped"
+
+// Publisher is a transport.Publisher that traces and measures every
+// Publish; Instrumentation.Publisher returns one.
+type Publisher struct {
+	i      *Instrumentation
+	next   transport.Publisher
+	system string
+	limits transport.Limits
+}
+
+var _ transport.Publisher = (*Publisher)(nil)
+
+// Publisher wraps p so that every Publish
+//
+//   - runs in a producer span "send {topic}" (messaging.operation.name
+//     and type "send", messaging.system, messaging.destination.name, and
+//     for a single message messaging.message.id, its body size, its
+//     correlation ID as messaging.message.conversation_id and, on Kafka
+//     and Pub/Sub, its key; messaging.batch.message_count for a batch);
+//   - writes the W3C trace context (traceparent, tracestate) into each
+//     message's headers, so the consumer's process span continues the
+//     trace. A batch of several messages gets one producer span "create
+//     {topic}" per message, whose context each message carries, and the
+//     send span links to all of them, as the messaging conventions
+//     describe for batches;
+//   - counts messaging.client.sent.messages and records
+//     messaging.client.operation.duration, both with error.type when the
+//     publish failed.
+//
+// Messages with an empty ID get one (message.NewID) before the span
+// starts, as Publish promises; the caller's messages are not otherwise
+// changed: p receives shallow copies with their own header maps.
+//
+// Header limits: when p declares Capabilities (every transport.Conn does)
+// and adding the trace headers would take a message over MaxHeaders,
+// MaxHeaderBytes or MaxMessage (SQS carries 10 message attributes), the
+// message is sent without tracestate, or without trace context at all,
+// rather than failing the publish; the send span then gets an event
+// EventTraceContextDropped.
+func (i *Instrumentation) Publisher(p transport.Publisher) *Publisher {
+	pub := &Publisher{i: i, next: p, system: i.systemFor(p)}
+	if c, ok := p.(interface {
+		Capabilities() transport.Capabilities
+	}); ok {
+		pub.limits = c.Capabilities().Limits
+	}
+	return pub
+}
+
+// Unwrap returns the wrapped publisher.
+func (p *Publisher) Unwrap() transport.Publisher { return p.next }
+
+// Close closes the wrapped publisher.
+func (p *Publisher) Close() error { return p.next.Close() }
+
+// Publish traces, measures and forwards the publish; see
+// Instrumentation.Publisher.
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	return p.i.publish(ctx, p.next, p.system, p.limits, topic, msgs)
+}
+
+func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher, system string, limits transport.Limits, topic string, msgs []*message.Message) error {
+	start := time.Now()
+	for _, m := range msgs {
+		if m != nil && m.ID == "" {
+			m.ID = message.NewID()
+		}
+	}
+	attrs := make([]attribute.KeyValue, 0, 8)
+	attrs = append(attrs,
+		semconv.MessagingSystemKey.String(system),
+		semconv.MessagingOperationNameKey.String("send"),
+		semconv.MessagingOperationTypeKey.String("send"),
+		semconv.MessagingDestinationNameKey.String(topic),
+	)
+	if len(msgs) == 1 && msgs[0] != nil {
+		attrs = messageAttrs(attrs, system, msgs[0])
+	} else if len(msgs) > 1 {
+		attrs = append(attrs, semconv.MessagingBatchMessageCountKey.Int(len(msgs)))
+	}
+
+	out := msgs
+	var links []trace.Link
+	var dropped int
+	if len(msgs) > 1 {
+		// One create span per message: each message carries its own
+		// creation context, and the send span links to them.
+		out = make([]*message.Message, len(msgs))
+		for n, m := range msgs {
+			if m == nil {
+				continue // left for the transport to reject
+			}
+			cattrs := make([]attribute.KeyValue, 0, 9)
+			cattrs = append(cattrs,
+				semconv.MessagingSystemKey.String(system),
+				semconv.MessagingOperationNameKey.String("create"),
+				semconv.MessagingOperationTypeKey.String("create"),
+				semconv.MessagingDestinationNameKey.String(topic),
+			)
+			cattrs = messageAttrs(cattrs, system, m)
+			cctx, cs := i.tracer.Start(ctx, "create "+topic, trace.WithSpanKind(trace.SpanKindProducer),
+				trace.WithTimestamp(start), trace.WithAttributes(cattrs...))
+			c, ok := i.carry(cctx, m, limits)
+			if !ok {
+				cs.AddEvent(EventTraceContextDropped)
+				dropped++
+			}
+			out[n] = c
+			if sc := cs.SpanContext(); sc.IsValid() {
+				links = append(links, trace.Link{SpanContext: sc})
+			}
+			cs.End()
+		}
+	}
+
+	sctx, span := i.tracer.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithTimestamp(start), trace.WithAttributes(attrs...), trace.WithLinks(links...))
+	if len(msgs) == 1 && msgs[0] != nil {
+		c, ok := i.carry(sctx, msgs[0], limits)
+		if !ok {
+			dropped++
+		}
+		out = []*message.Message{c}
+	}
+	if dropped > 0 {
+		span.AddEvent(EventTraceContextDropped, trace.WithAttributes(attribute.Int("courier.messages", dropped)))
+	}
+
+	err := next.Publish(sctx, topic, out...)
+
+	et := errorType(err)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(semconv.ErrorTypeKey.String(et))
+	}
+	span.End()
+	opt := i.metricOpt(system, "send", "send", topic, "", et)
+	if i.sent.Enabled(ctx) {
+		i.sent.Add(ctx, int64(len(msgs)), opt)
+	}
+	if i.opDur.Enabled(ctx) {
+		i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
+	}
+	return err
+}
+
+// carry returns the message to hand to the transport: m itself when ctx
+// has no span context to inject, else a shallow copy with its own header
+// map holding the trace context. ok is false when the trace context had
+// to be left out (or cut down) to stay within limits.
+func (i *Instrumentation) carry(ctx context.Context, m *message.Message, l transport.Limits) (*message.Message, bool) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return m, true
+	}
+	c := *m
+	h := make(message.Header, len(m.Headers)+2)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	c.Headers = h
+	i.prop.Inject(ctx, HeaderCarrier(h))
+	if fits(&c, l) {
+		return &c, true
+	}
+	// Trace context must not make a publish fail: drop what we added,
+	// tracestate first.
+	delete(h, message.HeaderTraceState)
+	if fits(&c, l) {
+		return &c, false
+	}
+	delete(h, message.HeaderTraceState)
+	delete(h, message.HeaderTraceParent)
+	return &c, false
+}
+
+// fits reports whether m stays within the limits that headers count
+// towards.
+func fits(m *message.Message, l transport.Limits) bool {
+	if l.MaxHeaders > 0 && len(m.Headers) > l.MaxHeaders {
+		return false
+	}
+	if l.MaxHeaderBytes > 0 {
+		for _, k := range [...]string{message.HeaderTraceParent, message.HeaderTraceState} {
+			if v, ok := m.Headers[k]; ok && len(k)+len(v) > l.MaxHeaderBytes {
+				return false
+			}
+		}
+	}
+	if l.MaxMessage > 0 && transport.Size(m) > l.MaxMessage {
+		return false
+	}
+	return true
+}
+
+// messageAttrs appends the per-message span attributes.
+func messageAttrs(attrs []attribute.KeyValue, system string, m *message.Message) []attribute.KeyValue {
+	attrs = append(attrs,
+		semconv.MessagingMessageIDKey.String(m.ID),
+		semconv.MessagingMessageBodySizeKey.Int(len(m.Payload)),
+	)
+	if c := m.Headers[message.HeaderCorrelationID]; c != "" {
+		attrs = append(attrs, semconv.MessagingMessageConversationIDKey.String(c))
+	}
+	if m.Key != "" {
+		switch system {
+		case "kafka":
+			attrs = append(attrs, semconv.MessagingKafkaMessageKeyKey.String(m.Key))
+		case "gcp_pubsub":
+			attrs = append(attrs, semconv.MessagingGCPPubSubMessageOrderingKeyKey.String(m.Key))
+		}
+	}
+	return attrs
+}
