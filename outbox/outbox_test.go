@@ -778,3 +778,70 @@ func TestHooks(t *testing.T) {
 }
 
 var _ = pgx.Identifier{}
+
+// The per-key lock: a transaction writing a key waits for an open one that
+// wrote the same key, so the key's rows commit in sequence order and are
+// published in the order the writes committed. Other keys do not wait;
+// with NoKeyLock nothing waits.
+func TestKeyLockOrdersWriters(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx := context.Background()
+	tr, s := memSink(t, "t")
+	e.startRelay(t, tr, outbox.RelayOptions{PollInterval: 20 * time.Millisecond})
+	for _, noLock := range []bool{false, true} {
+		w := e.outbox(t, outbox.Options{NoKeyLock: noLock})
+		key := fmt.Sprintf("k-%v", noLock)
+		a, _ := e.db.BeginTx(ctx, nil)
+		if err := w.Publish(ctx, outbox.SQL(a), "t", &message.Message{Key: key, Payload: []byte("0")}); err != nil {
+			t.Fatal(err)
+		}
+		// Another key does not wait.
+		c, _ := e.db.BeginTx(ctx, nil)
+		if err := w.Publish(ctx, outbox.SQL(c), "t", &message.Message{Key: key + "-other", Payload: []byte("0")}); err != nil {
+			t.Fatal(err)
+		}
+		c.Commit()
+		done := make(chan error, 1)
+		go func() {
+			b, err := e.db.BeginTx(ctx, nil)
+			if err != nil {
+				done <- err
+				return
+			}
+			if err := w.Publish(ctx, outbox.SQL(b), "t", &message.Message{Key: key, Payload: []byte("1")}); err != nil {
+				b.Rollback()
+				done <- err
+				return
+			}
+			done <- b.Commit()
+		}()
+		select {
+		case err := <-done:
+			if !noLock {
+				t.Fatalf("second writer of a locked key did not wait (%v)", err)
+			}
+		case <-time.After(200 * time.Millisecond):
+			if noLock {
+				t.Fatal("a writer waited with NoKeyLock")
+			}
+			a.Commit()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if noLock {
+			a.Commit()
+		}
+	}
+	s.waitN(t, 6, 10*time.Second)
+	// With the lock, key k-false arrives 0 then 1.
+	var got []string
+	for _, m := range s.snapshot() {
+		if m.Key == "k-false" {
+			got = append(got, string(m.Payload))
+		}
+	}
+	if fmt.Sprint(got) != "[0 1]" {
+		t.Fatalf("k-false arrived as %v", got)
+	}
+}
