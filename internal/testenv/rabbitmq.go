@@ -78,8 +78,8 @@ func StartRabbitMQ(t testing.TB) (*RabbitNode, error) {
 	dist := FreePort(t)
 	conf := fmt.Sprintf("listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n", n.Port)
 	for name, body := range map[string]string{
-		"rabbitmq.conf":   conf,
-		"enabled_plugins": "[].\n",
+		"rabbitmq.conf":     conf,
+		"enabled_plugins":   "[].\n",
 		"rabbitmq-env.conf": "",
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
@@ -212,7 +212,7 @@ func CloseRabbitConnections(ctx context.Context, prefix string) (int, error) {
 		if !ok || !strings.HasPrefix(pid, "<") {
 			continue
 		}
-		if !strings.Contains(props, `{"connection_name",longstr,<<"`+prefix) {
+		if !strings.Contains(props, `{"connection_name","`+prefix) && !strings.Contains(props, `{"connection_name",longstr,<<"`+prefix) {
 			continue
 		}
 		if o, err := exec.CommandContext(ctx, "rabbitmqctl", "close_connection", pid, "courier test: forced close").CombinedOutput(); err != nil {

@@ -50,6 +50,7 @@ type Transport struct {
 	closed   bool
 	stopping bool
 	done     chan struct{} // closed by Close and Shutdown
+	closedCh chan struct{} // closed by Close
 	subs     map[*subscription]struct{}
 	declared map[string]time.Time // retry queues declared on this gen
 
@@ -76,7 +77,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		return nil, fmt.Errorf("amqptransport: URL scheme %q: want amqp or amqps", u.Scheme)
 	}
 	t := &Transport{
-		o: o, log: o.Logger, done: make(chan struct{}), ready: make(chan struct{}),
+		o: o, log: o.Logger, done: make(chan struct{}), closedCh: make(chan struct{}), ready: make(chan struct{}),
 		subs: map[*subscription]struct{}{}, declared: map[string]time.Time{},
 		pubSlots: make(chan struct{}, o.PublishChannels),
 		pubIdle:  make(chan *pubChan, o.PublishChannels),
@@ -343,7 +344,9 @@ func (t *Transport) As(target any) bool {
 
 // Close closes the connection at once: running handlers' contexts are
 // cancelled, their unsettled messages return to the queues, and every
-// Subscribe returns transport.ErrClosed. It is idempotent.
+// Subscribe returns transport.ErrClosed (as soon as its handlers return;
+// Close does not wait for them). It is idempotent and safe to call
+// concurrently.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed {
@@ -351,6 +354,7 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
+	close(t.closedCh)
 	if !t.stopping {
 		t.stopping = true
 		close(t.done)
@@ -371,9 +375,9 @@ func (t *Transport) Close() error {
 			err = t.scrub(fmt.Errorf("amqptransport: close: %w", cerr))
 		}
 	}
-	for _, s := range subs {
-		<-s.exited
-	}
+	// Subscribe calls return ErrClosed on their own once their handlers
+	// (whose context is now cancelled) return; Close does not wait for
+	// them, as http.Server.Close does not wait for handlers.
 	t.bg.Wait()
 	return err
 }

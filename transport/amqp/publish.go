@@ -199,9 +199,9 @@ type pubChan struct {
 	// exchanges declared on this channel's connection generation.
 	exchanges map[string]bool
 
-	mu   sync.Mutex
-	cur  *pubCall
-	dead bool
+	mu     sync.Mutex
+	cur    *pubCall
+	dead   bool
 	quit   chan struct{}    // closed when the watcher exits
 	closed chan *amqp.Error // the channel's close reason
 }
@@ -230,6 +230,8 @@ func (t *Transport) acquire(ctx context.Context) (*pubChan, error) {
 	case t.pubSlots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-t.closedCh:
+		return nil, transport.ErrClosed
 	}
 	for {
 		select {
