@@ -540,3 +540,40 @@ func TestShutdownAndClose(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrencyOne: the client library calls back from many goroutines,
+// yet with the default Concurrency of 1 only one handler runs at a time.
+func TestConcurrencyOne(t *testing.T) {
+	addr := emulator(t)
+	tr := open(t, testOptions(addr))
+	ctx := ctxT(t)
+	topic := name("c1")
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, topic, o); err != nil {
+		t.Fatal(err)
+	}
+	var batch []*message.Message
+	for range 40 {
+		batch = append(batch, message.New([]byte("x")))
+	}
+	if err := tr.Publish(ctx, topic, batch...); err != nil {
+		t.Fatal(err)
+	}
+	var cur, peak, n atomic.Int32
+	run(t, tr, topic, o, message.HandlerFunc(func(context.Context, *message.Message) error {
+		c := cur.Add(1)
+		if c > peak.Load() {
+			peak.Store(c)
+		}
+		time.Sleep(2 * time.Millisecond)
+		cur.Add(-1)
+		n.Add(1)
+		return nil
+	}))
+	if !waitFor(20*time.Second, func() bool { return n.Load() >= 40 }) {
+		t.Fatalf("handled %d of 40", n.Load())
+	}
+	if p := peak.Load(); p != 1 {
+		t.Errorf("%d handlers ran at once with Concurrency 1", p)
+	}
+}

@@ -123,8 +123,15 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	// a subscriber that died come back within about AckWait.
 	rs.MaxDurationPerAckExtension = clampAck(so.AckWait)
 
+	// The library calls back from many goroutines at once, while the
+	// Dispatcher runs a Concurrency-1 handler in the caller's goroutine:
+	// take turns so that one handler runs at a time.
+	var serial chan struct{}
+	if so.Concurrency == 1 {
+		serial = make(chan struct{}, 1)
+	}
 	rerr := sub.Receive(fctx, func(cctx context.Context, pm *pubsub.Message) {
-		t.deliver(cctx, fctx, d, topic, sub, pm)
+		t.deliver(cctx, fctx, d, serial, topic, sub, pm)
 	})
 	close(exited)
 	watch.Wait()
@@ -169,14 +176,28 @@ func (t *Transport) deleteSubscription(id string) {
 // message is settled, so the library's flow control (MaxOutstanding*)
 // counts exactly the messages courier holds, and its lease extension
 // covers them until then.
-func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher, topic string, sub *pubsub.Subscriber, pm *pubsub.Message) {
+func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher, serial chan struct{}, topic string, sub *pubsub.Subscriber, pm *pubsub.Message) {
+	if serial != nil {
+		select {
+		case serial <- struct{}{}:
+		case <-cctx.Done():
+			pm.Nack() // stopping: redeliver
+			return
+		}
+	}
 	m := toMessage(pm, topic, sub)
 	a := &acker{pm: pm, settled: make(chan struct{})}
-	if err := d.Deliver(cctx, m, a); err != nil {
+	err := d.Deliver(cctx, m, a)
+	if err == nil {
+		<-a.settled
+	}
+	if serial != nil {
+		<-serial
+	}
+	if err != nil {
 		pm.Nack() // not taken: redeliver
 		return
 	}
-	<-a.settled
 	if a.delay > 0 {
 		// Pub/Sub has no per-message redelivery delay: keep the message
 		// leased (the library extends it) until the delay has passed, then
