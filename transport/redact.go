@@ -60,7 +60,10 @@ func RedactURL(u *url.URL) string {
 		c.RawQuery = q.Encode()
 	}
 	s := c.String()
-	return strings.Replace(s, url.QueryEscape(redacted), redacted, -1)
+	if c.Host == "" && c.User == nil && c.Opaque == "" && c.Scheme != "" && !strings.HasPrefix(s, c.Scheme+"://") {
+		s = c.Scheme + "://" + strings.TrimPrefix(s, c.Scheme+":")
+	}
+	return strings.ReplaceAll(s, url.QueryEscape(redacted), redacted)
 }
 
 // secretsOf lists the secret strings of u: password, user name (it may be
