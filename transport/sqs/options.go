@@ -127,7 +127,8 @@ type Options struct {
 	// reported as not sent); it rejects the queue Policy attribute (not
 	// set, as with NoQueuePolicy); its ApproximateReceiveCount is always
 	// 1 (Capabilities.AttemptCount is then false); a FIFO message made
-	// visible at once stays locked in its group (a nack of 0 waits 1s).
+	// visible at once stays locked in its group (a nack of 0 waits 1s);
+	// its PublishBatch miscounts and refuses 10 entries (SNS batches of 9).
 	// Never set it against AWS. Default: false. URL: goaws.
 	Goaws bool
 

@@ -126,11 +126,15 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		send = func(ctx context.Context, es []entry) ([]EntryError, error) { return t.sendSQS(ctx, qu, es) }
 	}
 	// Batches of at most 10 entries and 256 KiB.
+	per := maxBatch
+	if t.o.Goaws && t.o.Mode == ModeSNS {
+		per = maxBatch - 1 // see Options.Goaws
+	}
 	var batches [][]entry
 	var cur []entry
 	size := 0
 	for _, e := range entries {
-		if len(cur) == maxBatch || len(cur) > 0 && size+e.w.size > maxWireBytes {
+		if len(cur) == per || len(cur) > 0 && size+e.w.size > maxWireBytes {
 			batches = append(batches, cur)
 			cur, size = nil, 0
 		}
