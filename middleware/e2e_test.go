@@ -1,0 +1,373 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/middleware"
+	"github.com/courierkit/courier/router"
+	"github.com/courierkit/courier/transport"
+	memtransport "github.com/courierkit/courier/transport/mem"
+)
+
+// env is one service on the mem transport: a router with the recommended
+// stack on topic "jobs" (group "workers"), and a collector of the
+// dead-letter topic "jobs.dlq" (group "ops").
+type env struct {
+	t    *testing.T
+	mem  *memtransport.Transport
+	r    *router.Router
+	dlq  chan *message.Message
+	done chan error
+}
+
+func newEnv(t *testing.T, o middleware.StackOptions, h message.Handler, sub transport.SubscribeOptions) *env {
+	t.Helper()
+	mem, err := memtransport.New(t.Context(), memtransport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mem.Close() })
+	for _, d := range [][2]string{{"jobs", "workers"}, {"jobs.dlq", "ops"}} {
+		if err := mem.Declare(t.Context(), d[0], transport.SubscribeOptions{Group: d[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &env{t: t, mem: mem, dlq: make(chan *message.Message, 100)}
+	e.r = router.New(mem, router.Options{})
+	sub.Group = "workers"
+	if err := e.r.Add(router.Route{Topic: "jobs", Handler: h, Middleware: middleware.Recommended(o), Subscribe: sub}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.r.Handle("jobs.dlq", "ops", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		e.dlq <- m
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	return e
+}
+
+func (e *env) start() {
+	e.done = make(chan error, 1)
+	r := e.r
+	go func() { e.done <- r.Run(context.Background()) }()
+}
+
+func (e *env) publish(msgs ...*message.Message) {
+	e.t.Helper()
+	if err := e.mem.Publish(context.Background(), "jobs", msgs...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) lag(topic, group string) transport.Lag {
+	e.t.Helper()
+	l, err := e.mem.Lag(context.Background(), topic, group)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+func (e *env) stop() {
+	e.t.Helper()
+	if err := e.r.Shutdown(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := <-e.done; !errors.Is(err, router.ErrClosed) {
+		e.t.Fatalf("Run = %v", err)
+	}
+}
+
+// settled waits (fake time) until the jobs group has nothing pending or in
+// flight.
+func (e *env) settled() {
+	e.t.Helper()
+	for range 1000 {
+		synctest.Wait()
+		if l := e.lag("jobs", "workers"); l.Pending == 0 && l.InFlight == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("jobs never settled: %+v", e.lag("jobs", "workers"))
+}
+
+// Seed flow: a transient failure recovers after in-process retries.
+func TestE2ETransientFailureRecovers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		e := newEnv(t, middleware.StackOptions{Retry: middleware.RetryOptions{MaxAttempts: 3}},
+			message.HandlerFunc(func(context.Context, *message.Message) error {
+				if calls.Add(1) <= 2 {
+					return errBoom
+				}
+				return nil
+			}), transport.SubscribeOptions{})
+		e.publish(message.New([]byte("job")))
+		e.settled()
+		e.stop()
+		if calls.Load() != 3 || len(e.dlq) != 0 {
+			t.Fatalf("%d calls, %d dead letters; want 3 and 0", calls.Load(), len(e.dlq))
+		}
+	})
+}
+
+// Seed flow: a persistent failure ends in the dead-letter topic with the
+// reason after exactly N delivery attempts (each with its in-process
+// retries), redelivered with growing delays in between.
+func TestE2EPersistentFailureDeadLettered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var attempts []int
+		var times []time.Time
+		e := newEnv(t, middleware.StackOptions{
+			Retry:      middleware.RetryOptions{MaxAttempts: 2},
+			Redelivery: middleware.RedeliveryOptions{InitialDelay: 10 * time.Second},
+			DeadLetter: middleware.DeadLetterOptions{MaxAttempts: 3},
+		}, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+			mu.Lock()
+			attempts = append(attempts, m.Attempt)
+			times = append(times, time.Now())
+			mu.Unlock()
+			return errors.New("payment service says no")
+		}), transport.SubscribeOptions{})
+		m := message.New([]byte("job"))
+		m.Key = "k1"
+		e.publish(m)
+		d := <-e.dlq
+		e.settled()
+		e.stop()
+		if want := []int{1, 1, 2, 2, 3, 3}; len(attempts) != len(want) {
+			t.Fatalf("handler saw attempts %v, want %v", attempts, want)
+		}
+		// The redelivery waited ≥ InitialDelay/2 (equal jitter), then ≥ InitialDelay.
+		if gap := times[2].Sub(times[1]); gap < 5*time.Second {
+			t.Fatalf("first redelivery after %v", gap)
+		}
+		if gap := times[4].Sub(times[3]); gap < 10*time.Second {
+			t.Fatalf("second redelivery after %v", gap)
+		}
+		if d.ID != m.ID || d.Key != "k1" || string(d.Payload) != "job" {
+			t.Fatalf("dead letter %+v", d)
+		}
+		h := d.Headers
+		for k, v := range map[string]string{
+			message.HeaderDeadLetterReason: "payment service says no", message.HeaderDeadLetterTopic: "jobs",
+			message.HeaderDeadLetterGroup: "workers", message.HeaderDeadLetterAttempts: "3",
+			middleware.HeaderDeadLetterFirstFailure: times[1].UTC().Format(time.RFC3339Nano),
+			middleware.HeaderDeadLetterLastFailure:  times[5].UTC().Format(time.RFC3339Nano),
+		} {
+			if h[k] != v {
+				t.Errorf("dead letter header %s = %q, want %q", k, h[k], v)
+			}
+		}
+	})
+}
+
+// Seed flow: a poison (undecodable) message goes straight to the
+// dead-letter topic, without retries or redeliveries.
+func TestE2EPoisonMessage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		type order struct{ ID int }
+		e := newEnv(t, middleware.StackOptions{Retry: middleware.RetryOptions{MaxAttempts: 5}},
+			message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+				calls.Add(1)
+				_, err := message.Decode[order](m)
+				return err
+			}), transport.SubscribeOptions{})
+		m := message.New([]byte(`{"ID": "not a number"`))
+		m.SetHeader(message.HeaderContentType, "application/json")
+		e.publish(m)
+		d := <-e.dlq
+		e.settled()
+		e.stop()
+		if calls.Load() != 1 {
+			t.Fatalf("poison message handled %d times, want 1", calls.Load())
+		}
+		if r := d.Headers[message.HeaderDeadLetterReason]; !strings.Contains(r, "decode") || d.Headers[message.HeaderDeadLetterAttempts] != "1" {
+			t.Fatalf("dead letter headers %v", d.Headers)
+		}
+	})
+}
+
+// Seed flow: the breaker opens under repeated failure, refuses messages
+// (they come back later, nothing is lost), half-opens, and closes when the
+// downstream recovers.
+func TestE2EBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var tr transitions
+		b := middleware.NewBreaker(middleware.BreakerOptions{ConsecutiveFailures: 3, Timeout: time.Minute, OnStateChange: tr.hook})
+		var down atomic.Bool
+		down.Store(true)
+		var calls, ok atomic.Int32
+		e := newEnv(t, middleware.StackOptions{
+			Breaker:    b,
+			Retry:      middleware.RetryOptions{MaxAttempts: 1},
+			DeadLetter: middleware.DeadLetterOptions{MaxAttempts: 1000},
+		}, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+			calls.Add(1)
+			if down.Load() {
+				return errBoom
+			}
+			ok.Add(1)
+			return nil
+		}), transport.SubscribeOptions{})
+		e.r.AddCheck("breaker", b.Check) // checks may be added any time
+		for range 10 {
+			e.publish(message.New(nil))
+		}
+		for b.State() != gobreaker.StateOpen {
+			time.Sleep(100 * time.Millisecond)
+		}
+		synctest.Wait()
+		if calls.Load() != 3 {
+			t.Fatalf("%d handler calls when the breaker opened, want 3", calls.Load())
+		}
+		if h := e.r.Health(t.Context()); h.Ready {
+			t.Fatal("ready with the breaker open")
+		}
+		// While open: nothing runs.
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if calls.Load() != 3 {
+			t.Fatalf("%d handler calls while open", calls.Load())
+		}
+		down.Store(false)
+		e.settled()
+		e.stop()
+		if ok.Load() != 10 || len(e.dlq) != 0 {
+			t.Fatalf("%d of 10 messages processed, %d dead-lettered", ok.Load(), len(e.dlq))
+		}
+		want := "closed->open,open->half-open,half-open->closed"
+		if got := strings.Join(tr.list(), ","); got != want {
+			t.Fatalf("transitions %s, want %s", got, want)
+		}
+	})
+}
+
+// Seed flow: a duplicate delivery is processed once, also when the copies
+// arrive concurrently.
+func TestE2EDuplicateProcessedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var runs sync.Map
+		gate := make(chan struct{})
+		e := newEnv(t, middleware.StackOptions{
+			Store:       middleware.NewMemoryStore(middleware.MemoryStoreOptions{}),
+			Idempotency: middleware.IdempotencyOptions{InProgressDelay: time.Second},
+		}, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+			n, _ := runs.LoadOrStore(m.ID, new(atomic.Int32))
+			n.(*atomic.Int32).Add(1)
+			<-gate
+			return nil
+		}), transport.SubscribeOptions{Concurrency: 4})
+		id := message.NewID()
+		for range 4 { // the publisher retried: four copies of one message
+			e.publish(&message.Message{ID: id, Payload: []byte("pay 10€")})
+		}
+		other := message.New(nil)
+		e.publish(other)
+		synctest.Wait()
+		close(gate)
+		e.settled()
+		e.stop()
+		for _, k := range []string{id, other.ID} {
+			n, _ := runs.Load(k)
+			if n == nil || n.(*atomic.Int32).Load() != 1 {
+				t.Fatalf("message %s ran %v times, want 1", k, n)
+			}
+		}
+	})
+}
+
+// Seed flow: shutting down while a message waits between retries loses
+// nothing: the wait is cut short, the message is nacked, and the next run
+// of the service processes it.
+func TestE2EShutdownMidRetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var healthy atomic.Bool
+		var calls atomic.Int32
+		h := message.HandlerFunc(func(context.Context, *message.Message) error {
+			calls.Add(1)
+			if !healthy.Load() {
+				return errBoom
+			}
+			return nil
+		})
+		o := middleware.StackOptions{
+			Retry:      middleware.RetryOptions{MaxAttempts: 5, InitialInterval: time.Hour, MaxInterval: time.Hour, BackOff: backoffConst(time.Hour).policy},
+			Redelivery: middleware.RedeliveryOptions{InitialDelay: time.Second},
+		}
+		e := newEnv(t, o, h, transport.SubscribeOptions{})
+		e.publish(message.New([]byte("important")))
+		for calls.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		synctest.Wait() // in the 1h backoff now
+		start := time.Now()
+		e.stop()
+		if time.Since(start) != 0 {
+			t.Fatalf("shutdown waited %v for the retry backoff", time.Since(start))
+		}
+		if l := e.lag("jobs", "workers"); l.Pending != 1 {
+			t.Fatalf("after shutdown the message must wait in the broker: %+v", l)
+		}
+		// The service restarts (same broker) and processes it.
+		healthy.Store(true)
+		e.r = router.New(e.mem, router.Options{})
+		if err := e.r.Add(router.Route{Topic: "jobs", Handler: h, Middleware: middleware.Recommended(o), Subscribe: transport.SubscribeOptions{Group: "workers"}}); err != nil {
+			t.Fatal(err)
+		}
+		e.start()
+		e.settled()
+		e.stop()
+		if calls.Load() != 2 || len(e.dlq) != 0 {
+			t.Fatalf("%d calls, %d dead letters; want 2 and 0", calls.Load(), len(e.dlq))
+		}
+	})
+}
+
+// Redelivery uses the transport's delayed nack under a Router (mem
+// declares DelayedNack): the message waits in the broker, not in process.
+func TestE2ERedeliveryUsesDelayedNack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		e := newEnv(t, middleware.StackOptions{
+			Retry:      middleware.RetryOptions{MaxAttempts: 1},
+			Redelivery: middleware.RedeliveryOptions{InitialDelay: time.Minute},
+		}, message.HandlerFunc(func(context.Context, *message.Message) error {
+			if calls.Add(1) == 1 {
+				return errBoom
+			}
+			return nil
+		}), transport.SubscribeOptions{})
+		e.publish(message.New(nil))
+		for calls.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		synctest.Wait()
+		if l := e.lag("jobs", "workers"); l.Pending != 1 || l.InFlight != 0 {
+			t.Fatalf("lag during the delay %+v: want the message back in the broker", l)
+		}
+		if h := e.r.Health(t.Context()); h.Routes[0].InFlight != 0 {
+			t.Fatalf("in flight %d", h.Routes[0].InFlight)
+		}
+		e.settled()
+		e.stop()
+		if calls.Load() != 2 {
+			t.Fatal(calls.Load())
+		}
+	})
+}
