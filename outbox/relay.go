@@ -492,7 +492,7 @@ JOIN (SELECT s.key_hash %% $1 AS part, min(s.seq) AS first
       GROUP BY 1) c ON c.part = p.part
 ORDER BY c.first LIMIT $3
 FOR UPDATE OF p SKIP LOCKED`, r.n.outbox, r.n.parts)
-	rows, err := tx.Query(ctx, claimQ, parts, r.opts.BatchSize*4, maxParts)
+	rows, err := tx.Query(ctx, claimQ, parts, r.opts.BatchSize, maxParts)
 	if err != nil {
 		return 0, false, err
 	}
