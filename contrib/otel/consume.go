@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/router"
 	"github.com/courierkit/courier/transport"
 )
 
@@ -20,19 +21,12 @@ type ConsumerOptions struct {
 	// (Message.Topic is empty). Default: "".
 	Topic string
 	// Group is messaging.consumer.group.name. Default: GroupFunc's
-	// answer, else none.
+	// answer; without GroupFunc, the group of the router.Route the
+	// handler runs for (router.FromContext), else none.
 	Group string
 	// GroupFunc returns the consumer group for a handler's context when
-	// Group is empty, for middleware installed once for many routes, e.g.
-	//
-	//	GroupFunc: func(ctx context.Context) string {
-	//		if d := router.FromContext(ctx); d != nil {
-	//			return d.Group()
-	//		}
-	//		return ""
-	//	}
-	//
-	// Default: nil.
+	// Group is empty, for middleware installed once for many
+	// subscriptions outside a Router. Default: nil.
 	GroupFunc func(ctx context.Context) string
 	// System overrides messaging.system for this middleware. Default: the
 	// Instrumentation's Options.System, else "courier" (Conn fills it from
@@ -100,8 +94,15 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		topic = o.Topic
 	}
 	group := o.Group
-	if group == "" && o.GroupFunc != nil {
-		group = o.GroupFunc(ctx)
+	if group == "" {
+		if o.GroupFunc != nil {
+			group = o.GroupFunc(ctx)
+		} else if d := router.FromContext(ctx); d != nil {
+			group = d.Group()
+			if topic == "" {
+				topic = d.Topic()
+			}
+		}
 	}
 
 	attrs := make([]attribute.KeyValue, 0, 12)
@@ -147,10 +148,13 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		}
 	}
 
-	err := next.Handle(&processCtx{Context: sctx, d: delivery{system: system, topic: topic, group: group}}, m)
+	pc := &processCtx{Context: sctx, d: delivery{system: system, topic: topic, group: group, span: span}}
+	err := next.Handle(pc, m)
 
 	et := errorType(err)
 	switch {
+	case err == nil && pc.d.deadLettered.Load():
+		span.SetAttributes(OutcomeKey.String("dead_letter"))
 	case err == nil:
 		span.SetAttributes(OutcomeKey.String("ack"))
 	case message.IsPermanent(err) || (o.MaxAttempts > 0 && m.Attempt >= o.MaxAttempts):

@@ -2,6 +2,7 @@ package courierotel
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -27,6 +28,11 @@ import (
 // context for the hooks.
 type delivery struct {
 	system, topic, group string
+	// span is the process span; deadLettered is set when the handler (or
+	// middleware in it) published this delivery's dead letter through a
+	// traced Publisher.
+	span         trace.Span
+	deadLettered atomic.Bool
 }
 
 type deliveryKey struct{}
@@ -44,11 +50,11 @@ func (c *processCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-func (i *Instrumentation) deliveryOf(ctx context.Context, m *message.Message) delivery {
+func (i *Instrumentation) deliveryOf(ctx context.Context, m *message.Message) *delivery {
 	if d, ok := ctx.Value(deliveryKey{}).(*delivery); ok {
-		return *d
+		return d
 	}
-	d := delivery{system: i.systemFor(nil)}
+	d := &delivery{system: i.systemFor(nil)}
 	if m != nil {
 		d.topic = m.Topic
 	}
@@ -75,12 +81,19 @@ func (i *Instrumentation) OnRetry(ctx context.Context, m *message.Message, attem
 }
 
 // OnDeadLetter records that m was sent to the dead-letter topic dlq
-// because of err, by middleware that dead-letters itself (the consumer
-// middleware already reports what the transport dead-letters: a Permanent
-// error or MaxAttempts reached). It adds an EventDeadLettered event to the
-// span in ctx and counts courier.messaging.dead_lettered.
+// because of err, by code that dead-letters itself and returns nil. It
+// adds an EventDeadLettered event to the span in ctx, marks the process
+// span's outcome "dead_letter" and counts courier.messaging.dead_lettered.
+//
+// It is rarely needed: the consumer middleware reports what the transport
+// dead-letters (a Permanent error or MaxAttempts reached), and a traced
+// Publisher reports dead letters published with the handler's context (a
+// message with the courier-dlq-reason header, as middleware.DeadLetter
+// publishes through the Router's publisher). Wiring OnDeadLetter as well
+// would count those twice.
 func (i *Instrumentation) OnDeadLetter(ctx context.Context, m *message.Message, dlq string, err error) {
 	d := i.deliveryOf(ctx, m)
+	d.deadLettered.Store(true)
 	attempt := 0
 	if m != nil {
 		attempt = m.Attempt

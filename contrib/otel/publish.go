@@ -2,6 +2,8 @@ package courierotel
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -147,6 +149,9 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 
 	err := next.Publish(sctx, topic, out...)
 
+	if err == nil {
+		i.noteDeadLetters(ctx, topic, msgs)
+	}
 	et := errorType(err)
 	if err != nil {
 		span.RecordError(err)
@@ -230,4 +235,28 @@ func messageAttrs(attrs []attribute.KeyValue, system string, m *message.Message)
 		}
 	}
 	return attrs
+}
+
+// noteDeadLetters reports messages published to a dead-letter topic (they
+// carry message.HeaderDeadLetterReason) from a handler's context: on the
+// process span, as its outcome, and in courier.messaging.dead_lettered.
+func (i *Instrumentation) noteDeadLetters(ctx context.Context, dlq string, msgs []*message.Message) {
+	var d *delivery
+	for _, m := range msgs {
+		if m == nil {
+			continue
+		}
+		reason, ok := m.Headers[message.HeaderDeadLetterReason]
+		if !ok {
+			continue
+		}
+		if d == nil {
+			if d, _ = ctx.Value(deliveryKey{}).(*delivery); d == nil {
+				return // not under the consumer middleware
+			}
+		}
+		d.deadLettered.Store(true)
+		attempt, _ := strconv.Atoi(m.Headers[message.HeaderDeadLetterAttempts])
+		i.deadLettered(ctx, d.span, d.system, d.topic, d.group, dlq, attempt, errors.New(reason))
+	}
 }
