@@ -70,8 +70,9 @@ type RelayOptions struct {
 	Hooks Hooks
 }
 
-// Hooks are called by a relay for metrics. Each may be nil; they run on
-// the relay's goroutine, so they should return quickly.
+// Hooks are called by a relay for metrics. Each may be nil. They are called
+// from the relay's goroutines (OnError also from the one that listens), so
+// they must be safe for concurrent use and return quickly.
 type Hooks struct {
 	// OnBatch is called after each batch committed.
 	OnBatch func(BatchStats)
@@ -295,12 +296,21 @@ func (r *Relay) connect(ctx context.Context, what string) (*pgx.Conn, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		r.reportErr(fmt.Errorf("outbox: relay %s connection: %s", what, transport.RedactSecrets(err.Error(), r.connString)))
+		r.reportErr(fmt.Errorf("outbox: relay %s connection: %s", what, transport.RedactSecrets(err.Error(), r.secrets()...)))
 		if !r.sleep(ctx, delay, nil) {
 			return nil, ErrRelayClosed
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// secrets are the strings never to show in errors and logs.
+func (r *Relay) secrets() []string {
+	s := []string{r.connString}
+	if cfg, err := pgx.ParseConfig(r.connString); err == nil && cfg.Password != "" {
+		s = append(s, cfg.Password)
+	}
+	return s
 }
 
 func (r *Relay) reportErr(err error) {

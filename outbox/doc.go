@@ -1,0 +1,268 @@
+// Package outbox is the transactional outbox and inbox on PostgreSQL: a
+// database write and the events it causes never diverge.
+//
+// # When to use it
+//
+// A service that writes to its database and then publishes to a broker
+// loses events when it dies between the two, and publishes events for
+// writes that rolled back when it publishes first. The outbox removes that
+// window: Publish writes the messages into a table inside the caller's
+// transaction, so they commit or roll back with the business write, and a
+// Relay moves committed rows to any courier transport. Use it whenever an
+// event must exist if and only if a database change does (an order was
+// placed, a payment was taken). Do not use it for messages that do not
+// accompany a database change: publish those directly.
+//
+// # Writing
+//
+// An Outbox holds no connection; pass the transaction to each call,
+// wrapped with SQL (database/sql) or Pgx (pgx):
+//
+//	ob, _ := outbox.New(outbox.Options{Limits: conn.Capabilities().Limits})
+//
+//	tx, _ := db.BeginTx(ctx, nil) // *sql.Tx on the pgx stdlib driver
+//	tx.ExecContext(ctx, "INSERT INTO orders ...")
+//	ob.Publish(ctx, outbox.SQL(tx), "orders", msg) // or ob.Publisher(outbox.SQL(tx)).Publish(...)
+//	tx.Commit()
+//
+//	tx, _ := pool.Begin(ctx) // pgx.Tx
+//	tx.Exec(ctx, "INSERT INTO orders ...")
+//	ob.Publish(ctx, outbox.Pgx(tx), "orders", msg)
+//	tx.Commit(ctx)
+//
+// Publisher returns a transport.Publisher bound to one transaction, for
+// code written against that interface. Publish validates before writing
+// (topic name, Options.Limits, and what a PostgreSQL text column cannot
+// hold: IDs, keys, header names and values must be valid UTF-8 without NUL
+// bytes; payloads are bytea and hold anything), fills empty IDs, and writes
+// all messages of the call in one statement. With database/sql, use the
+// pgx stdlib driver (github.com/jackc/pgx/v5/stdlib): the statement binds
+// Go slices as PostgreSQL arrays, which lib/pq does not do.
+//
+// Each call also takes a transaction-scoped advisory lock per distinct
+// non-empty key (pg_advisory_xact_lock(class, hash(key)), class derived
+// from the table name), so concurrent transactions that write one key
+// commit in the order of their rows' sequence numbers, and runs
+// pg_notify to wake relays at commit. Both can be turned off
+// (Options.NoKeyLock, Options.NoNotify). A transaction that writes several
+// keys in separate Publish calls, concurrently with another that writes
+// them in the other order, can deadlock on these locks; PostgreSQL then
+// aborts one of them (SQLSTATE 40P01), which the application retries. One
+// Publish call takes its locks in a fixed order and cannot deadlock with
+// another call.
+//
+// # Schema
+//
+// CreateSchema creates the tables (idempotent, safe to run from every
+// instance at start); SchemaSQL returns the same statements for migration
+// tools. With the default names and 64 partitions they are:
+//
+//	CREATE TABLE IF NOT EXISTS "courier_outbox" (
+//	    seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+//	    topic        text        NOT NULL,
+//	    msg_key      text        NOT NULL DEFAULT '',
+//	    key_hash     integer     NOT NULL,  -- FNV-1a of the key (of the ID when no key), 31 bits
+//	    msg_id       text        NOT NULL,
+//	    headers      jsonb,                 -- {"name": "value", ...}
+//	    payload      bytea       NOT NULL,
+//	    created_at   timestamptz NOT NULL DEFAULT now(),
+//	    available_at timestamptz NOT NULL DEFAULT now(),  -- retry backoff
+//	    attempts     integer     NOT NULL DEFAULT 0,
+//	    last_error   text,
+//	    published_at timestamptz,           -- set when RelayOptions.Retention > 0
+//	    dead_at      timestamptz            -- set when the row gave up
+//	);
+//	CREATE INDEX IF NOT EXISTS "courier_outbox_pending" ON "courier_outbox" (seq)
+//	    WHERE published_at IS NULL AND dead_at IS NULL;
+//	CREATE INDEX IF NOT EXISTS "courier_outbox_retrying" ON "courier_outbox" (msg_key, seq)
+//	    WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0;
+//	CREATE INDEX IF NOT EXISTS "courier_outbox_published" ON "courier_outbox" (published_at)
+//	    WHERE published_at IS NOT NULL;
+//
+//	CREATE TABLE IF NOT EXISTS "courier_outbox_partitions" (
+//	    part integer PRIMARY KEY
+//	);
+//	INSERT INTO "courier_outbox_partitions" (part) SELECT generate_series(0, 64 - 1) ON CONFLICT DO NOTHING;
+//
+//	CREATE TABLE IF NOT EXISTS "courier_inbox" (
+//	    key        text        PRIMARY KEY,
+//	    token      text        NOT NULL DEFAULT '',
+//	    state      smallint    NOT NULL,  -- 1 claimed, 2 processed
+//	    expires_at timestamptz NOT NULL
+//	);
+//	CREATE INDEX IF NOT EXISTS "courier_inbox_expires" ON "courier_inbox" (expires_at);
+//
+// Tables.Schema puts them in a PostgreSQL schema; Tables.Outbox and
+// Tables.Inbox rename them. The writer, every relay and every inbox must
+// be given the same Tables.
+//
+// # The relay
+//
+// NewRelay(connString, pub, opts) and Run(ctx). The relay keeps two
+// connections of its own: one LISTENs on the table's channel (named after
+// the table: "courier_outbox", or "schema.courier_outbox"), one does the
+// work. Each batch is one transaction:
+//
+//  1. Claim: lock the partitions of the oldest publishable rows with
+//     SELECT ... FROM courier_outbox_partitions ... FOR UPDATE SKIP LOCKED
+//     (at most MaxPartitions). A row's partition is key_hash mod the
+//     number of partitions, so all rows of a key are in one partition,
+//     and a partition is held by one relay at a time.
+//  2. Read up to BatchSize publishable rows of those partitions in
+//     sequence order (a new statement, so it sees what the partition's
+//     previous holder committed).
+//  3. Publish them: one Publish call per topic, in "waves" that keep each
+//     key's rows in sequence order even when a key moves between topics.
+//     When a call fails, its rows are retried one at a time, so one bad
+//     message or key does not hold back the others.
+//  4. Delete the published rows (or, with Retention, mark them), record
+//     failures, and commit, which releases the partitions.
+//
+// Between batches it sleeps until a notification, or PollInterval (polling
+// also covers writers with NoNotify, a lost listen connection, and rows
+// whose retry time came). Several relays, in one process or many, share a
+// table: they claim different partitions and never publish one row twice
+// under normal operation.
+//
+// Failed publishes: the row's attempts grows, last_error is kept, and
+// available_at moves RetryMin·2^attempts into the future (capped by
+// RetryMax, with jitter). Later rows of the same key wait behind it
+// (their order must hold); other keys go on at once. An error that no
+// retry can fix (transport.ErrLimit, ErrInvalidName, ErrInvalidMessage, a
+// message.Permanent error) or MaxAttempts reached makes the row dead:
+// dead_at is set, Hooks.OnFailure is told, the error is logged, and its
+// key moves on — a dead row is the one place where a key's order is given
+// up, on purpose, so one poisoned row does not stop its key for ever.
+// Dead rows stay until an operator acts:
+//
+//	-- publish them again (in their original order):
+//	UPDATE courier_outbox SET dead_at = NULL, attempts = 0, available_at = now() WHERE dead_at IS NOT NULL;
+//	-- or drop them:
+//	DELETE FROM courier_outbox WHERE dead_at IS NOT NULL;
+//
+// Retention: by default published rows are deleted in the batch that
+// publishes them. With RelayOptions.Retention > 0 they are kept with
+// published_at set, and each relay deletes those older than Retention
+// every CleanupInterval, 10,000 rows per statement.
+//
+// Lifecycle, as http.Server: Run blocks; Shutdown(ctx) stops taking
+// batches, lets the one in flight publish and commit, and returns (when
+// ctx ends first it abandons the batch as Close does and returns
+// ctx.Err()); Close stops at once, rolling back the batch in flight. Run
+// returns ErrRelayClosed after either, and ctx.Err() when its own ctx
+// ends. The relay survives database and broker outages: it reconnects
+// with backoff and rows wait in the table.
+//
+// # Guarantees
+//
+//   - Atomicity: a message is in the outbox if and only if the
+//     transaction that wrote it committed; it is published only then.
+//   - At-least-once: every committed row is published, possibly more than
+//     once. Duplicates happen only when the relay dies (or loses its
+//     database connection, or its commit fails, or a Publish times out
+//     ambiguously) after publishing part of a batch and before the batch
+//     committed: that batch's already-published rows are published again.
+//     The crash test measures exactly that: no more duplicates than the
+//     messages of the batch in flight. A consumer behind the Inbox applies
+//     each of them once.
+//   - Per-key order: rows of one key are published in the order of their
+//     sequence numbers, even with many relays, across retries (later rows
+//     wait behind a failing one) and across topics. With the key lock
+//     (the default) that is also the order in which the writing
+//     transactions committed. The transport then keeps the order as far
+//     as it declares Capabilities.OrderedByKey. After a relay crash a
+//     key's duplicates are a replay: its sequence starts again at the
+//     first row the crashed batch had not committed, and is in order from
+//     there. Rows without a key have no order.
+//   - Not exactly-once on its own: pair it with the Inbox.
+//
+// # The inbox
+//
+// Inbox is the consumer side: a table of processed message keys on
+// PostgreSQL. Used in the handler's own transaction, it makes "apply the
+// effects and record the message as processed" one atomic step, so
+// at-least-once delivery (and the relay's crash duplicates) gives
+// exactly-once effects:
+//
+//	in, _ := outbox.NewInbox(outbox.SQL(db), outbox.InboxOptions{})
+//	h := in.Handler("billing", func(ctx context.Context, tx outbox.DB, m *message.Message) error {
+//		_, err := tx.SQLExecutor().ExecContext(ctx, "UPDATE accounts SET ...")
+//		return err // nil commits effects and record together; an error rolls both back
+//	})
+//
+// Handler runs each delivery in one transaction: Mark records the key
+// (group + ":" + ID) — a concurrent delivery of the same message blocks on
+// that record until the first transaction ends, then skips it — and fn
+// runs only the first time. Mark can be used directly inside a transaction
+// the application manages.
+//
+// Inbox also implements middleware.IdempotencyStore (Claim, Done,
+// Release with tokens and expiries on the database's clock) for
+// middleware.Idempotency; DoneTx records Done inside the handler's
+// transaction. Records expire after InboxOptions.Retention (default 7
+// days; keep it longer than any redelivery or relay outage) and are
+// deleted every CleanupInterval.
+//
+// # Metrics
+//
+// RelayOptions.Hooks are plain function fields: OnBatch (rows published,
+// failed, made dead, batch duration, end-to-end lag of the oldest row),
+// OnFailure (per failed publish, with the topic and error), OnError (the
+// relay's own database errors) and OnBacklog (every BacklogInterval:
+// pending rows, dead rows, age of the oldest pending row). Stats and
+// Relay.Backlog return the backlog on demand; Relay.Counters the running
+// totals. Feed them to OpenTelemetry or Prometheus as the application
+// does elsewhere.
+//
+// # Errors
+//
+// ErrInvalidTableName (bad Tables), ErrRelayClosed (Run after Shutdown or
+// Close), ErrPublisherClosed (a closed TxPublisher; it matches
+// transport.ErrClosed), ErrInProgress (Mark of a key another delivery has
+// claimed), middleware.ErrStoreClosed (an Inbox used after Close), the
+// transport package's ErrInvalidName, ErrInvalidMessage and *LimitError
+// from Publish, and PostgreSQL's errors wrapped with %w (errors.As reaches
+// *pgconn.PgError). A cancelled ctx returns ctx.Err() unwrapped.
+// Connection strings are scrubbed from errors and logs.
+//
+// # Concurrency
+//
+// Outbox and Inbox are safe for concurrent use. A Relay runs one batch at
+// a time; run several relays (in one process or many) to spread a backlog
+// of many keys — one key is always published by one relay at a time, so
+// one key's throughput is one relay's. Hooks are called from the relay's
+// goroutines (OnError also from its listen goroutine): keep them quick and
+// safe for concurrent use.
+//
+// # Limits
+//
+// PostgreSQL only. The relay keeps its transaction open while it
+// publishes a batch (PublishTimeout bounds each Publish), holding those
+// partitions: keep batches small enough to publish within seconds. The
+// number of partitions is fixed when the tables are created. NOTIFY takes
+// a database-wide lock at commit: at thousands of commits per second,
+// consider NoNotify with a short PollInterval. A long business
+// transaction holds its keys' locks until it ends, and other writers of
+// those keys wait for it. Message.Time is not carried (the transport sets
+// its own). Messages with the same key on different topics are ordered
+// together, which can serialize their publishing.
+//
+// # Benchmarks
+//
+// Measured on this project's machine (2 cores, shared with other builds:
+// load average 6 to 10 during the runs, so tails are noisy), PostgreSQL
+// 15 at 127.0.0.1 with fsync on:
+//
+//	go test -run '^$' -bench WriteLatency -benchtime=3000x ./outbox/
+//	  single-row business transaction, plain vs with one outbox message:
+//	  pgx:          p50 336 µs → 527 µs; p99 5.39 ms → 5.58 ms (+0.19 ms); the Publish call alone p50 161 µs, p99 1.57 ms
+//	  database/sql: p50 469 µs → 731 µs; p99 10.8 ms → 11.6 ms (+0.78 ms); the Publish call alone p50 200 µs, p99 2.56 ms
+//	go test -run '^$' -bench 'Relay' -benchtime=50000x ./outbox/   (200-byte payloads, 100 keys, one relay)
+//	  to the mem transport:  24,700 msg/s (defaults: BatchSize 500, MaxPartitions 16 of 64),
+//	                         34,900 msg/s (MaxPartitions 64), 57,400 msg/s (BatchSize 2000, MaxPartitions 64)
+//	  to NATS JetStream (127.0.0.1:4222, natstransport, acks awaited):      11,200 msg/s (20,000 rows)
+//	  to RabbitMQ (127.0.0.1:5672, amqptransport, publisher confirms):      9,900 msg/s (20,000 rows)
+//
+// The relay's own CPU is about a tenth of a core at 25,000 msg/s; the rest
+// is PostgreSQL and the transport.
+package outbox
