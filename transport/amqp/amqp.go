@@ -202,6 +202,7 @@ func (e *scrubbed) Unwrap() error { return e.err }
 
 func (t *Transport) setConn(c *amqp.Connection) {
 	notify := c.NotifyClose(make(chan *amqp.Error, 1))
+	blocked := c.NotifyBlocked(make(chan amqp.Blocking, 4))
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -212,9 +213,21 @@ func (t *Transport) setConn(c *amqp.Connection) {
 	t.gen++
 	clear(t.declared)
 	close(t.ready)
-	t.bg.Add(1)
+	t.bg.Add(2)
 	t.mu.Unlock()
 	go t.watch(c, notify)
+	go func() {
+		defer t.bg.Done()
+		// The broker blocks publishers during a resource alarm (memory
+		// or disk); Publish then waits, bounded by its ctx.
+		for b := range blocked {
+			if b.Active {
+				t.log.Warn("amqptransport: broker blocked publishing", "reason", b.Reason)
+			} else {
+				t.log.Info("amqptransport: broker unblocked publishing")
+			}
+		}
+	}()
 }
 
 // watch waits for c to close and reconnects unless the transport closed.

@@ -28,7 +28,12 @@ func TestConformance(t *testing.T) {
 	}
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
-			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second})
+			// AllowUnroutable: the no-group case publishes probes to a
+			// topic before its subscription's queue is bound, expecting
+			// them to be dropped, not refused. Every other case declares
+			// its groups first. The mandatory default (unroutable → error)
+			// is covered by TestUnroutable.
+			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, AllowUnroutable: true})
 		},
 		Restart:           restart,
 		Timeout:           30 * time.Second,

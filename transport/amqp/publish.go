@@ -44,7 +44,10 @@ type outgoing struct {
 // and type properties (when they fit a short string); Key → the
 // x-courier-key header; other headers → the header table as long strings.
 func (t *Transport) toPublishing(i int, m *message.Message, now time.Time) (outgoing, error) {
-	h := make(amqp.Table, len(m.Headers)+1)
+	var h amqp.Table
+	if len(m.Headers) > 0 || m.Key != "" {
+		h = make(amqp.Table, len(m.Headers)+1)
+	}
 	p := amqp.Publishing{
 		MessageId:    m.ID,
 		DeliveryMode: amqp.Persistent,
@@ -199,22 +202,12 @@ type pubChan struct {
 	// exchanges declared on this channel's connection generation.
 	exchanges map[string]bool
 
-	mu     sync.Mutex
-	cur    *pubCall
-	dead   bool
-	quit   chan struct{}    // closed when the watcher exits
-	closed chan *amqp.Error // the channel's close reason
-}
-
-type pubCall struct {
-	first    uint64
-	n        int
-	acked    []bool
-	settled  int
-	nacked   int
+	mu       sync.Mutex
 	returned []amqp.Return
-	done     chan struct{}
-	lost     bool
+	dead     bool
+	barrier  chan chan struct{}
+	quit     chan struct{}    // closed when the returns watcher exits
+	closed   chan *amqp.Error // the channel's close reason
 }
 
 type pubResult struct {
@@ -290,64 +283,43 @@ func newPubChan(conn *amqp.Connection, gen uint64) (*pubChan, error) {
 		ch.Close()
 		return nil, err
 	}
-	pc := &pubChan{ch: ch, conn: conn, gen: gen, exchanges: map[string]bool{}, quit: make(chan struct{})}
+	pc := &pubChan{ch: ch, conn: conn, gen: gen, exchanges: map[string]bool{}, barrier: make(chan chan struct{}), quit: make(chan struct{})}
 	pc.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
-	// Unbuffered on purpose: the client's reader hands a basic.return to
-	// this goroutine before it processes the basic.ack that follows it, so
-	// a message's return is always recorded before its confirm.
+	// Unbuffered on purpose: the client's reader goroutine hands a
+	// basic.return over (the send completes) before it processes the
+	// basic.ack that follows it. So once a message's confirm is seen, its
+	// return was received by watch, and a barrier round trip through watch
+	// proves it was also recorded.
 	returns := ch.NotifyReturn(make(chan amqp.Return))
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 256))
-	go pc.watch(returns, confirms)
+	go pc.watch(returns)
 	return pc, nil
 }
 
-func (pc *pubChan) watch(returns <-chan amqp.Return, confirms <-chan amqp.Confirmation) {
+func (pc *pubChan) watch(returns <-chan amqp.Return) {
 	defer close(pc.quit)
 	for {
 		select {
 		case r, ok := <-returns:
 			if !ok {
-				returns = nil
-				continue
-			}
-			pc.mu.Lock()
-			if c := pc.cur; c != nil {
-				c.returned = append(c.returned, r)
-			}
-			pc.mu.Unlock()
-		case cf, ok := <-confirms:
-			pc.mu.Lock()
-			if !ok {
-				pc.dead = true
-				if c := pc.cur; c != nil && c.settled < c.n {
-					c.lost = true
-					close(c.done)
-					pc.cur = nil
-				}
-				pc.mu.Unlock()
-				// Keep draining returns until the client closes them.
-				if returns != nil {
-					for range returns {
-					}
-				}
 				return
 			}
-			if c := pc.cur; c != nil && cf.DeliveryTag >= c.first && cf.DeliveryTag < c.first+uint64(c.n) {
-				i := int(cf.DeliveryTag - c.first)
-				if !c.acked[i] {
-					c.acked[i] = true
-					c.settled++
-					if !cf.Ack {
-						c.nacked++
-					}
-					if c.settled == c.n {
-						close(c.done)
-						pc.cur = nil
-					}
-				}
-			}
+			pc.mu.Lock()
+			pc.returned = append(pc.returned, r)
 			pc.mu.Unlock()
+		case done := <-pc.barrier:
+			close(done)
 		}
+	}
+}
+
+// sync returns once every basic.return received before it was called has
+// been recorded.
+func (pc *pubChan) sync() {
+	done := make(chan struct{})
+	select {
+	case pc.barrier <- done:
+		<-done
+	case <-pc.quit:
 	}
 }
 
@@ -370,7 +342,8 @@ func (pc *pubChan) close() {
 	_ = pc.ch.Close()
 }
 
-// publish sends out and waits for every confirm (or the channel's end).
+// publish sends out back to back and then waits for every confirm (or the
+// channel's end).
 func (pc *pubChan) publish(ctx context.Context, t *Transport, exchange, topic string, out []outgoing, mandatory bool) pubResult {
 	if topic != "" && !pc.exchanges[topic] {
 		if err := t.declareExchange(pc.ch, topic); err != nil {
@@ -379,61 +352,58 @@ func (pc *pubChan) publish(ctx context.Context, t *Transport, exchange, topic st
 		}
 		pc.exchanges[topic] = true
 	}
-	call := &pubCall{first: pc.ch.GetNextPublishSeqNo(), n: len(out), acked: make([]bool, len(out)), done: make(chan struct{})}
 	pc.mu.Lock()
-	if pc.dead {
-		pc.mu.Unlock()
-		return pubResult{unconfirmed: out, err: amqp.ErrClosed, connLoss: true}
-	}
-	pc.cur = call
+	pc.returned = pc.returned[:0]
 	pc.mu.Unlock()
-	sent := len(out)
+	dcs := make([]*amqp.DeferredConfirmation, 0, len(out))
 	var perr error
 	for i := range out {
-		if err := pc.ch.PublishWithContext(ctx, exchange, out[i].key, mandatory, false, out[i].pub); err != nil {
+		dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, out[i].key, mandatory, false, out[i].pub)
+		if err != nil {
 			perr = err
-			sent = i
 			break
 		}
+		dcs = append(dcs, dc)
 	}
-	if sent < len(out) {
-		// The channel broke (or ctx ended) part-way: nothing after sent
-		// went out. Wait for the rest by closing the channel.
-		pc.mu.Lock()
-		if pc.cur == call {
-			call.n = sent
-			if call.settled == call.n {
-				pc.cur = nil
-				close(call.done)
-			}
-		}
-		pc.mu.Unlock()
-		if ctx.Err() != nil {
+	if perr != nil && ctx.Err() != nil {
+		pc.close()
+		return pubResult{unconfirmed: out, err: ctx.Err()}
+	}
+	for _, dc := range dcs {
+		select {
+		case <-dc.Done():
+		case <-ctx.Done():
+			// The channel may still confirm some: drop it, so the
+			// next call starts clean.
 			pc.close()
 			return pubResult{unconfirmed: out, err: ctx.Err()}
 		}
 	}
-	select {
-	case <-call.done:
-	case <-ctx.Done():
-		pc.close()
-		<-pc.quit
-		return pubResult{unconfirmed: out, err: ctx.Err()}
-	}
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	res := pubResult{returned: call.returned, nacked: call.nacked}
+	pc.sync()
+	closed := pc.ch.IsClosed()
+	var res pubResult
 	for i := range out {
-		if i >= call.n || !call.acked[i] {
+		switch {
+		case i >= len(dcs):
 			res.unconfirmed = append(res.unconfirmed, out[i])
+		case dcs[i].Acked():
+		case closed:
+			// A channel that closed nacks what it had pending: that
+			// is not the broker's answer, so it is unconfirmed.
+			res.unconfirmed = append(res.unconfirmed, out[i])
+		default:
+			res.nacked++
 		}
 	}
-	if call.lost || perr != nil {
+	pc.mu.Lock()
+	res.returned = append([]amqp.Return(nil), pc.returned...)
+	pc.mu.Unlock()
+	if perr != nil || len(res.unconfirmed) > 0 {
 		if perr == nil {
 			perr = amqp.ErrClosed
-			if cerr := pc.closeReason(); cerr != nil {
-				perr = cerr
-			}
+		}
+		if cerr := pc.closeReason(); cerr != nil {
+			perr = cerr
 		}
 		res.err = perr
 		res.connLoss = t.isConnLoss(pc.conn, perr)

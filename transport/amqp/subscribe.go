@@ -157,6 +157,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	t.mu.Lock()
 	if t.stopping {
 		t.mu.Unlock()
+		_ = s.d.Stop(context.Background())
 		return transport.ErrClosed
 	}
 	t.subs[s] = struct{}{}
