@@ -159,9 +159,11 @@
 //     transaction that wrote it committed; it is published only then.
 //   - At-least-once: every committed row is published, possibly more than
 //     once. Duplicates happen only when the relay dies (or loses its
-//     database connection, or its commit fails, or a Publish times out
-//     ambiguously) after publishing part of a batch and before the batch
-//     committed: that batch's already-published rows are published again.
+//     database connection, or its commit fails) after publishing part of
+//     a batch and before the batch committed: that batch's
+//     already-published rows are published again. A Publish call that
+//     fails or times out after the transport took part of it also
+//     publishes that part again, on retry.
 //     The crash test measures exactly that: no more duplicates than the
 //     messages of the batch in flight. A consumer behind the Inbox applies
 //     each of them once.

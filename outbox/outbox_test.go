@@ -845,3 +845,52 @@ func TestKeyLockOrdersWriters(t *testing.T) {
 		t.Fatalf("k-false arrived as %v", got)
 	}
 }
+
+// In the one-by-one fallback, undeliverable messages are made dead each on
+// its own error and the good ones of the same call go through; a transport
+// failing everything stops the fallback, and those rows are retried, never
+// made dead.
+func TestFallbackClassifiesEachMessage(t *testing.T) {
+	e := newEnv(t, 1) // one partition: all rows in one batch
+	w := e.outbox(t, outbox.Options{})
+	ctx := context.Background()
+	tr, err := memtransport.New(ctx, memtransport.Options{MaxPayload: 100, MaxBacklog: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	s := &sink{ids: map[string]int{}, more: make(chan struct{}, 1)}
+	sctx, cancel := context.WithCancel(ctx)
+	subDone := make(chan struct{})
+	tr.Declare(ctx, "t", transport.SubscribeOptions{Group: "g"})
+	go func() { defer close(subDone); tr.Subscribe(sctx, "t", s, transport.SubscribeOptions{Group: "g"}) }()
+	defer func() { cancel(); <-subDone }()
+	f := &faulty{Publisher: tr}
+	e.startRelay(t, f, outbox.RelayOptions{PollInterval: 20 * time.Millisecond, RetryMin: time.Hour})
+
+	var msgs []*message.Message
+	for i := range 4 {
+		msgs = append(msgs, &message.Message{Key: fmt.Sprintf("big-%d", i), Payload: make([]byte, 101)})
+	}
+	msgs = append(msgs, &message.Message{Key: "ok-1", Payload: []byte("0")}, &message.Message{Key: "ok-2", Payload: []byte("0")})
+	tx, _ := e.conn.Begin(ctx)
+	if err := w.Publish(ctx, outbox.Pgx(tx), "t", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	tx.Commit(ctx)
+	s.waitN(t, 2, 10*time.Second)
+	waitFor(t, 5*time.Second, "dead rows", func() bool { return e.count(t, "dead_at IS NOT NULL") == 4 })
+
+	// Now the transport fails everything: 6 rows of 6 keys in one call.
+	f.set(func() { f.down = true })
+	e.writeRows(t, w, "t", 6, 6, 6)
+	waitFor(t, 10*time.Second, "failed attempts", func() bool { return e.count(t, "attempts = 1 AND dead_at IS NULL") == 6 })
+	if n := e.count(t, "dead_at IS NOT NULL"); n != 4 {
+		t.Fatalf("%d dead rows, want the 4 oversized ones", n)
+	}
+	// First call: 1 group call + 6 single tries; second: 1 group call + 3
+	// single tries, then the fallback gives up.
+	if got := f.tries.Load(); got != 1+6+1+3 {
+		t.Errorf("%d publish calls, want 11", got)
+	}
+}

@@ -732,15 +732,18 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		return
 	}
 	r.log.Debug("outbox relay: group publish failed, trying one by one", "topic", topic, "n", len(ok), "err", err)
-	consecutive := 0
+	transient := 0 // consecutive failures a retry might fix
 	for j, i := range ok {
 		w := batch[i]
 		if w.key != "" && blocked[w.key] {
 			continue
 		}
-		if consecutive >= 3 {
-			// The transport is failing everything: stop hammering it.
-			r.fail(topic, batch, remaining(ok[j:], batch, blocked), err, state, errs, blocked)
+		if transient >= 3 {
+			// The transport is failing everything: stop hammering it and
+			// retry the rest later. Their own errors are unknown, so they
+			// are retried, never made dead.
+			rest := fmt.Errorf("outbox: not tried after %d consecutive publish failures, the last: %v", transient, err)
+			r.fail(topic, batch, remaining(ok[j:], batch, blocked), rest, state, errs, blocked)
 			return
 		}
 		err = r.send(ctx, topic, msgs[j:j+1])
@@ -749,10 +752,12 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		}
 		if err == nil {
 			state[i] = sent
-			consecutive = 0
+			transient = 0
 			continue
 		}
-		consecutive++
+		if !permanentPublishErr(err) {
+			transient++
+		}
 		r.fail(topic, batch, []int{i}, err, state, errs, blocked)
 	}
 }
