@@ -172,7 +172,9 @@ func TestUnroutable(t *testing.T) {
 		t.Fatalf("batch with one unroutable message = %v, want ErrUnroutable naming %s", err, lost.ID)
 	}
 	lax := openT(t, Options{URL: url, AllowUnroutable: true})
-	if err := lax.Publish(ctxT(t), uniq("nowhere"), message.New([]byte("x"))); err != nil {
+	nowhere := uniq("nowhere")
+	cleanupTopology(t, url, nowhere, nil)
+	if err := lax.Publish(ctxT(t), nowhere, message.New([]byte("x"))); err != nil {
 		t.Fatalf("AllowUnroutable publish = %v", err)
 	}
 }

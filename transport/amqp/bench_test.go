@@ -375,7 +375,9 @@ func BenchmarkPublishSideBySide(b *testing.B) {
 // BenchmarkEndToEnd is the suite's shared publish → handler → ack figure.
 func BenchmarkEndToEnd(b *testing.B) {
 	url := brokerURL(b)
-	h := conformance.Harness{Open: func(ctx context.Context) (transport.Conn, error) {
+	prefix := uniq("amqpbench")
+	cleanupPrefix(b, url, prefix)
+	h := conformance.Harness{Prefix: prefix, Open: func(ctx context.Context) (transport.Conn, error) {
 		return New(ctx, Options{URL: url})
 	}}
 	for _, sz := range benchSizes {

@@ -16,15 +16,19 @@ import (
 // node can be started, against the broker testenv finds (the restart case
 // then skips).
 func TestConformance(t *testing.T) {
-	url := ""
+	url, prefix := "", "conf"
 	var restart func(ctx context.Context) error
 	if os.Getenv("COURIER_AMQP_CONFORMANCE_SHARED") != "" {
 		url = brokerURL(t)
+		prefix = uniq("amqpconf")
+		cleanupPrefix(t, url, prefix)
 	} else if n, err := testenv.StartRabbitMQ(t); err == nil {
 		url, restart = n.URL(), n.Restart
 	} else {
 		t.Logf("no private node (%v); the broker-restart case will skip", err)
 		url = brokerURL(t)
+		prefix = uniq("amqpconf")
+		cleanupPrefix(t, url, prefix)
 	}
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
@@ -36,6 +40,7 @@ func TestConformance(t *testing.T) {
 			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, AllowUnroutable: true})
 		},
 		Restart:           restart,
+		Prefix:            prefix,
 		Timeout:           30 * time.Second,
 		RedeliveryTimeout: 10 * time.Second,
 	})

@@ -2,6 +2,7 @@ package amqptransport
 
 import (
 	"context"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -119,4 +120,49 @@ func eventually(d time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// cleanupPrefix deletes, at cleanup, every queue and exchange whose name
+// starts with prefix, for topology made by code that does not tell its
+// names (the shared conformance helpers). It lists names with the local
+// rabbitmqctl, so it only runs against the machine's node at
+// testenv.RabbitMQ.Default.
+func cleanupPrefix(t testing.TB, url, prefix string) {
+	t.Helper()
+	if url != testenv.RabbitMQ.Default {
+		return
+	}
+	t.Cleanup(func() {
+		list := func(what string) []string {
+			out, err := exec.Command("rabbitmqctl", "-q", "--no-table-headers", "list_"+what, "name").Output()
+			if err != nil {
+				t.Logf("cleanup: rabbitmqctl list_%s: %v", what, err)
+				return nil
+			}
+			var names []string
+			for _, n := range strings.Split(string(out), "\n") {
+				if n = strings.TrimSpace(n); strings.HasPrefix(n, prefix) || strings.HasPrefix(n, "courier-retry."+prefix) {
+					names = append(names, n)
+				}
+			}
+			return names
+		}
+		c, err := amqp.Dial(url)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for _, q := range list("queues") {
+			if ch, err := c.Channel(); err == nil {
+				_, _ = ch.QueueDelete(q, false, false, false)
+				_ = ch.Close()
+			}
+		}
+		for _, x := range list("exchanges") {
+			if ch, err := c.Channel(); err == nil {
+				_ = ch.ExchangeDelete(x, false, false)
+				_ = ch.Close()
+			}
+		}
+	})
 }
