@@ -64,7 +64,10 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	cfg := *t.cfg
 	cfg.Producer.Idempotent = false
 	cfg.Net.MaxOpenRequests = 5
-	cfg.ChannelBufferSize = max(16, so.MaxInFlight)
+	// Bound what the client prefetches: per partition, one fetch of
+	// FetchBytes and MaxInFlight decoded records.
+	cfg.ChannelBufferSize = so.MaxInFlight
+	cfg.Consumer.Fetch.Default = int32(t.o.FetchBytes)
 	if so.Start == transport.StartOldest {
 		cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
 	} else {
@@ -284,6 +287,7 @@ func (s *subscription) runPlain(starts map[int32]int64) {
 }
 
 func (s *subscription) runPartition(p int32, off int64) {
+	s.t.log.Debug("kafkatransport: reading partition", "topic", s.topic, "partition", p, "offset", off)
 	for s.cctx.Err() == nil {
 		pc, err := s.consumer.ConsumePartition(s.topic, p, off)
 		if err != nil {

@@ -2,6 +2,7 @@ package kafkatransport_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -18,12 +19,12 @@ import (
 
 func committed(t testing.TB, tr *kafkatransport.Transport, topic, group string) []int64 {
 	t.Helper()
-	lag, err := tr.ConsumerLag(context.Background(), topic, group)
+	lag, err := tr.Lag(context.Background(), topic, group)
 	if err != nil {
-		t.Fatalf("ConsumerLag: %v", err)
+		t.Fatalf("Lag: %v", err)
 	}
-	out := make([]int64, len(lag))
-	for i, l := range lag {
+	out := make([]int64, len(lag.Partitions))
+	for i, l := range lag.Partitions {
 		out[i] = l.Committed
 	}
 	return out
@@ -352,23 +353,29 @@ func TestConsumerLag(t *testing.T) {
 		t.Fatal(err)
 	}
 	total := func() (n int64) {
-		lag, err := tr.ConsumerLag(ctx, topic, group)
+		lag, err := tr.Lag(ctx, topic, group)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(lag) != 2 {
-			t.Fatalf("lag for %d partitions, want 2", len(lag))
+		if len(lag.Partitions) != 2 {
+			t.Fatalf("lag for %d partitions, want 2", len(lag.Partitions))
 		}
-		for _, l := range lag {
-			if l.Lag != l.HighWatermark-l.Committed {
+		for _, l := range lag.Partitions {
+			if l.Lag != l.HighWater-l.Committed {
 				t.Fatalf("lag %+v is not high watermark - committed", l)
 			}
 			n += l.Lag
+		}
+		if n != lag.Pending {
+			t.Fatalf("Pending %d, partitions sum to %d", lag.Pending, n)
 		}
 		return n
 	}
 	if n := total(); n != 6 {
 		t.Fatalf("lag before consuming: %d, want 6", n)
+	}
+	if _, err := tr.Lag(ctx, topic, name(t, "nogroup")); !errors.Is(err, kafkatransport.ErrUnknownGroup) {
+		t.Fatalf("Lag of an unknown group: %v, want ErrUnknownGroup", err)
 	}
 	subscribe(t, tr, topic, message.HandlerFunc(func(context.Context, *message.Message) error { return nil }), transport.SubscribeOptions{Group: group})
 	waitFor(t, 20*time.Second, "lag 0", func() bool { return total() == 0 })

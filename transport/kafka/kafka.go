@@ -388,7 +388,7 @@ func (t *Transport) pinGroup(ctx context.Context, topic string, opts transport.S
 	if err != nil {
 		return t.wrap(fmt.Sprintf("partitions of %q", topic), err)
 	}
-	resp, err := t.groupOffsets(opts.Group, topic, parts)
+	resp, _, err := t.groupOffsets(opts.Group, topic, parts)
 	if err != nil {
 		return t.wrap(fmt.Sprintf("offsets of group %q", opts.Group), err)
 	}

@@ -11,83 +11,89 @@ import (
 	"github.com/courierkit/courier/transport"
 )
 
-// PartitionLag is the consumer lag of one partition for one group.
-type PartitionLag struct {
-	Partition int32
-	// HighWatermark is the offset the next record of the partition will
-	// get (the log end offset).
-	HighWatermark int64
-	// Committed is the group's committed offset: the next record it will
-	// read. -1 when the group committed nothing for the partition.
-	Committed int64
-	// Lag is HighWatermark - Committed, or HighWatermark minus the log
-	// start offset when nothing is committed (what a group starting at
-	// the oldest record would have to read).
-	Lag int64
-}
+var _ transport.LagReporter = (*Transport)(nil)
 
-// LagReporter is the optional interface a transport implements when it can
-// tell how far a consumer group is behind (for metrics).
-type LagReporter interface {
-	ConsumerLag(ctx context.Context, topic, group string) ([]PartitionLag, error)
-}
+// ErrUnknownGroup is returned by Lag for a group that has no committed
+// offset on the topic and that the broker does not know.
+var ErrUnknownGroup = errors.New("kafkatransport: unknown consumer group")
 
-var _ LagReporter = (*Transport)(nil)
-
-// ConsumerLag reports, per partition of topic, how many records group has
-// not committed yet (high watermark minus committed offset). It asks the
-// brokers each time it is called.
-func (t *Transport) ConsumerLag(ctx context.Context, topic, group string) ([]PartitionLag, error) {
+// Lag reports group's backlog on topic (transport.LagReporter): per
+// partition, the high watermark minus the group's committed offset; for a
+// partition the group has committed nothing on, the high watermark minus
+// the log start offset (Committed is then -1). Pending is their sum;
+// InFlight is -1 (the broker does not know what a consumer holds). It asks
+// the brokers each time it is called.
+func (t *Transport) Lag(ctx context.Context, topic, group string) (transport.Lag, error) {
+	out := transport.Lag{Topic: topic, Group: group, InFlight: -1}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return out, err
 	}
 	if t.isClosed() {
-		return nil, transport.ErrClosed
+		return out, transport.ErrClosed
 	}
 	if err := t.client.RefreshMetadata(topic); err != nil {
-		return nil, t.wrap(fmt.Sprintf("metadata of %q", topic), err)
+		return out, t.wrap(fmt.Sprintf("metadata of %q", topic), err)
 	}
 	parts, err := t.client.Partitions(topic)
 	if err != nil {
-		return nil, t.wrap(fmt.Sprintf("partitions of %q", topic), err)
+		return out, t.wrap(fmt.Sprintf("partitions of %q", topic), err)
 	}
 	slices.Sort(parts)
-	resp, err := t.groupOffsets(group, topic, parts)
+	resp, known, err := t.groupOffsets(group, topic, parts)
 	if err != nil {
-		return nil, t.wrap(fmt.Sprintf("offsets of group %q", group), err)
+		return out, t.wrap(fmt.Sprintf("offsets of group %q", group), err)
 	}
-	out := make([]PartitionLag, 0, len(parts))
+	anyCommitted := false
 	for _, p := range parts {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return out, err
 		}
 		hw, err := t.client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
-			return nil, t.wrap(fmt.Sprintf("end offset of %s/%d", topic, p), err)
+			return out, t.wrap(fmt.Sprintf("end offset of %s/%d", topic, p), err)
 		}
-		l := PartitionLag{Partition: p, HighWatermark: hw, Committed: -1}
+		l := transport.PartitionLag{Partition: p, HighWater: hw, Committed: -1}
 		if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= 0 {
+			anyCommitted = true
 			l.Committed = b.Offset
 			l.Lag = max(0, hw-b.Offset)
 		} else {
 			start, err := t.client.GetOffset(topic, p, sarama.OffsetOldest)
 			if err != nil {
-				return nil, t.wrap(fmt.Sprintf("start offset of %s/%d", topic, p), err)
+				return out, t.wrap(fmt.Sprintf("start offset of %s/%d", topic, p), err)
 			}
 			l.Lag = max(0, hw-start)
 		}
-		out = append(out, l)
+		out.Pending += l.Lag
+		out.Partitions = append(out.Partitions, l)
+	}
+	if !known && !anyCommitted {
+		return out, fmt.Errorf("%w %q on topic %q", ErrUnknownGroup, group, topic)
 	}
 	return out, nil
 }
 
-// groupOffsets fetches group's committed offsets; a group the broker does
-// not know (kfake answers GROUP_ID_NOT_FOUND where Kafka answers -1 offsets)
-// has none.
-func (t *Transport) groupOffsets(group, topic string, parts []int32) (*sarama.OffsetFetchResponse, error) {
+// groupOffsets fetches group's committed offsets. known is false when the
+// broker does not know the group (kfake answers GROUP_ID_NOT_FOUND where
+// Kafka answers -1 offsets).
+func (t *Transport) groupOffsets(group, topic string, parts []int32) (*sarama.OffsetFetchResponse, bool, error) {
 	resp, err := t.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
 	if errors.Is(err, sarama.ErrGroupIDNotFound) {
-		return &sarama.OffsetFetchResponse{}, nil
+		return &sarama.OffsetFetchResponse{}, false, nil
 	}
-	return resp, err
+	if err != nil {
+		return nil, false, err
+	}
+	known := false
+	for _, p := range parts {
+		if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= 0 {
+			known = true
+		}
+	}
+	if !known {
+		if ds, err := t.admin.DescribeConsumerGroups([]string{group}); err == nil && len(ds) == 1 && ds[0].State != "Dead" && ds[0].State != "" {
+			known = true
+		}
+	}
+	return resp, known, nil
 }

@@ -3,6 +3,7 @@ package kafkatransport_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -30,12 +31,19 @@ var cluster struct {
 }
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.Cleanup(func(int) { stopCluster() }),
-		// sarama's package-level metrics ticker (go-metrics' meter
-		// arbiter) starts with the first client and never stops.
-		goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"),
-	)
+	code := m.Run()
+	stopCluster() // before the leak check: the cluster lives for the whole binary
+	if code == 0 {
+		if err := goleak.Find(
+			// sarama's package-level metrics ticker (go-metrics' meter
+			// arbiter) starts with the first client and never stops.
+			goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"),
+		); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func stopCluster() {
@@ -152,6 +160,7 @@ func testOptions(t testing.TB) kafkatransport.Options {
 		RetryBackoff:      20 * time.Millisecond,
 		RetryBackoffMax:   500 * time.Millisecond,
 		ReconnectBackoff:  100 * time.Millisecond,
+		Logger:            testLogger(),
 	}
 }
 
@@ -177,4 +186,12 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// testLogger logs to stderr when COURIER_KAFKA_DEBUG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("COURIER_KAFKA_DEBUG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

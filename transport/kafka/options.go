@@ -72,6 +72,12 @@ type Options struct {
 	// compression.
 	Compression string
 
+	// FetchBytes is how many bytes one fetch asks of a partition (Kafka's
+	// max.partition.fetch.bytes): with MaxInFlight it bounds what a
+	// subscription buffers. A larger record is still fetched (the request
+	// grows to fit it). Default 256 KiB. URL: fetch_bytes.
+	FetchBytes int
+
 	// CommitInterval is how often acknowledged offsets are committed
 	// (Kafka's auto.commit.interval.ms; only offsets below every
 	// unacknowledged message are ever committed). Offsets are also
@@ -137,6 +143,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Compression == "" {
 		o.Compression = "none"
+	}
+	if o.FetchBytes <= 0 {
+		o.FetchBytes = 256 << 10
 	}
 	if o.CommitInterval <= 0 {
 		o.CommitInterval = time.Second
@@ -328,6 +337,7 @@ func ParseURL(u *url.URL) (Options, error) {
 	q.Int("max_message_bytes", &o.MaxMessageBytes)
 	q.Duration("publish_timeout", &o.PublishTimeout)
 	q.Enum("compression", &o.Compression, "none", "gzip", "snappy", "lz4", "zstd")
+	q.Int("fetch_bytes", &o.FetchBytes)
 	q.Duration("commit_interval", &o.CommitInterval)
 	q.Duration("session_timeout", &o.SessionTimeout)
 	q.Duration("heartbeat_interval", &o.HeartbeatInterval)
