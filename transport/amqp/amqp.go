@@ -395,9 +395,11 @@ func (t *Transport) Close() error {
 	return err
 }
 
-// Shutdown stops every subscription from taking messages, waits for
-// running handlers and their acks (until ctx ends, then cancels them),
-// waits for running Publish calls, and closes.
+// Shutdown stops every subscription from taking messages (basic.cancel),
+// waits for running handlers and their acks and for running Publish
+// calls, and closes. When ctx ends first, it cancels the handlers'
+// context, closes at once (what is unacked returns to the queues) and
+// returns ctx.Err().
 func (t *Transport) Shutdown(ctx context.Context) error {
 	t.mu.Lock()
 	if t.closed {
@@ -413,31 +415,26 @@ func (t *Transport) Shutdown(ctx context.Context) error {
 		subs = append(subs, s)
 	}
 	t.mu.Unlock()
-	var err error
-	for _, s := range subs {
-		select {
-		case <-s.exited:
-		case <-ctx.Done():
-			if err == nil {
-				err = ctx.Err()
-			}
-			s.d.Cancel()
-			<-s.exited
-		}
-	}
-	// Wait for in-flight publishes (each holds a slot).
-	for range cap(t.pubSlots) {
-		select {
-		case t.pubSlots <- struct{}{}:
-		case <-ctx.Done():
-			if err == nil {
-				err = ctx.Err()
+	err := func() error {
+		for _, s := range subs {
+			select {
+			case <-s.exited:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		}
-		if err != nil {
-			break
+		// Wait for running publishes (each holds a slot).
+		for range cap(t.pubSlots) {
+			select {
+			case t.pubSlots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.closedCh:
+				return nil
+			}
 		}
-	}
+		return nil
+	}()
 	if cerr := t.Close(); err == nil {
 		err = cerr
 	}

@@ -58,11 +58,12 @@ func subscribe(t *testing.T, tr *Transport, topic string, o transport.SubscribeO
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tr.Subscribe(ctx, topic, h, o) }()
+	finished := make(chan struct{})
+	go func() { done <- tr.Subscribe(ctx, topic, h, o); close(finished) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case <-finished:
 		case <-time.After(30 * time.Second):
 			t.Errorf("Subscribe did not return after cancel")
 		}
@@ -752,5 +753,47 @@ func TestCloseAndShutdown(t *testing.T) {
 	q, err := ch.QueueDeclarePassive(QueueName(topic, group), true, false, false, false, nil)
 	if err != nil || q.Messages != 0 {
 		t.Errorf("queue after Shutdown: %+v, %v; want empty", q, err)
+	}
+}
+
+// TestResumeRefused: when a subscription must re-declare (its queue was
+// deleted) and the broker refuses because the queue now exists with other
+// settings, Subscribe returns that ErrTopology error instead of staying
+// alive without a consumer.
+func TestResumeRefused(t *testing.T) {
+	url := brokerURL(t)
+	tr := openT(t, Options{URL: url})
+	topic, group := uniq("resume-refused"), "g"
+	cleanupTopology(t, url, topic, []string{group})
+	o := transport.SubscribeOptions{Group: group}
+	if err := tr.Declare(ctxT(t), topic, o); err != nil {
+		t.Fatal(err)
+	}
+	col := newCollector()
+	errc := subscribe(t, tr, topic, o, col)
+	m := message.New([]byte("1"))
+	if err := tr.Publish(ctxT(t), topic, m); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(10*time.Second, func() bool { return col.has(m.ID) }) {
+		t.Fatal("not delivered")
+	}
+	_, ch := rawChannel(t, url)
+	q := QueueName(topic, group)
+	if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-max-length": int64(10)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		var ae *amqp.Error
+		if !errors.Is(err, ErrTopology) || !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+			t.Fatalf("Subscribe = %v, want ErrTopology wrapping a 406", err)
+		}
+		t.Logf("Subscribe: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Subscribe kept running without a consumer")
 	}
 }

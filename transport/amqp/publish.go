@@ -169,7 +169,10 @@ func (t *Transport) send(ctx context.Context, exchange, topic string, out []outg
 		if until.IsZero() {
 			until = time.Now().Add(t.o.PublishRetry)
 		}
-		if t.o.NoPublishRetry || time.Now().After(until) || t.isClosed() {
+		if t.isClosed() {
+			return fmt.Errorf("%w: %w: %d of %d message(s) on exchange %q", transport.ErrClosed, ErrUnconfirmed, len(res.unconfirmed), len(out), exchange)
+		}
+		if t.o.NoPublishRetry || time.Now().After(until) {
 			cause := res.err
 			if cause == nil {
 				cause = errors.New("connection lost")
