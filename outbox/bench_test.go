@@ -197,7 +197,7 @@ func BenchmarkRelayMem(b *testing.B) {
 // $COURIER_NATS_URL), with the natstransport adapter; each Publish waits
 // for JetStream's acks. The stream is deleted afterwards.
 func BenchmarkRelayNATS(b *testing.B) {
-	url := testenv.Find(b, testenv.Spec{Name: "NATS", EnvVar: "COURIER_NATS_URL", Default: "nats://127.0.0.1:4222", Addr: "127.0.0.1:4222"})
+	url := testenv.NATS(b)
 	ctx := context.Background()
 	conn, err := transport.Open(ctx, url)
 	if err != nil {
@@ -230,7 +230,7 @@ func BenchmarkRelayNATS(b *testing.B) {
 // publish path and the broker keeps nothing. The exchange is deleted
 // afterwards.
 func BenchmarkRelayRabbitMQ(b *testing.B) {
-	url := testenv.Find(b, testenv.Spec{Name: "RabbitMQ", EnvVar: "COURIER_AMQP_URL", Default: "amqp://guest:guest@127.0.0.1:5672/", Addr: "127.0.0.1:5672"})
+	url := testenv.FindRabbitMQ(b)
 	ctx := context.Background()
 	sep := "?"
 	if strings.Contains(url, "?") {

@@ -3,20 +3,26 @@ package outbox_test
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/outbox"
+	"github.com/courierkit/courier/transport"
+	amqptransport "github.com/courierkit/courier/transport/amqp"
 )
 
 // The crash test runs the relay in a second process: this test binary,
@@ -28,6 +34,7 @@ const (
 	helperSchema    = "COURIER_OUTBOX_HELPER_SCHEMA"
 	helperKillAfter = "COURIER_OUTBOX_HELPER_HANG_AFTER" // messages; 0 = never hang
 	helperBatch     = "COURIER_OUTBOX_HELPER_BATCH"
+	helperTransport = "COURIER_OUTBOX_HELPER_TRANSPORT" // a transport URL; empty = the pgSink
 	hangLine        = "HANGING-MID-BATCH"
 	drainedLine     = "DRAINED"
 )
@@ -62,6 +69,32 @@ func (p *pgSink) Publish(ctx context.Context, topic string, msgs ...*message.Mes
 
 func (p *pgSink) Close() error { return nil }
 
+// hanging publishes through a real transport one message at a time, and
+// hangs (mid-batch) after hangAfter messages were taken by the broker.
+type hanging struct {
+	transport.Publisher
+	hangAfter int
+	sent      int
+	out       *os.File
+}
+
+func (h *hanging) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if h.hangAfter == 0 {
+		return h.Publisher.Publish(ctx, topic, msgs...)
+	}
+	for _, m := range msgs {
+		if err := h.Publisher.Publish(ctx, topic, m); err != nil {
+			return err
+		}
+		h.sent++
+		if h.sent == h.hangAfter {
+			fmt.Fprintln(h.out, hangLine)
+			select {}
+		}
+	}
+	return nil
+}
+
 // helperMain is the relay process.
 func helperMain() int {
 	ctx := context.Background()
@@ -73,7 +106,16 @@ func helperMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	sink := &pgSink{conn: conn, table: schema + ".sink", hangAfter: hang, out: os.Stdout}
+	var sink transport.Publisher = &pgSink{conn: conn, table: schema + ".sink", hangAfter: hang, out: os.Stdout}
+	if tu := os.Getenv(helperTransport); tu != "" {
+		tc, err := transport.Open(ctx, tu)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		defer tc.Close()
+		sink = &hanging{Publisher: tc, hangAfter: hang, out: os.Stdout}
+	}
 	tables := outbox.Tables{Schema: schema}
 	r, err := outbox.NewRelay(url, sink, outbox.RelayOptions{Tables: tables, BatchSize: batch, PollInterval: 50 * time.Millisecond})
 	if err != nil {
@@ -113,12 +155,15 @@ func helperMain() int {
 	return 0
 }
 
-func startHelper(t *testing.T, e *env, hangAfter, batch int) (*exec.Cmd, *bufio.Scanner) {
+func startHelper(t *testing.T, e *env, hangAfter, batch int, transportURL ...string) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
 		helperEnv+"=relay", helperURL+"="+e.url, helperSchema+"="+e.tables.Schema,
 		helperKillAfter+"="+strconv.Itoa(hangAfter), helperBatch+"="+strconv.Itoa(batch))
+	if len(transportURL) > 0 {
+		cmd.Env = append(cmd.Env, helperTransport+"="+transportURL[0])
+	}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -292,4 +337,107 @@ CREATE TABLE %[1]s.effects (msg_id text NOT NULL, applied_at timestamptz NOT NUL
 		t.Fatalf("consumer applied %d effects for %d distinct messages, want %d each", applied, distinct, total)
 	}
 	t.Logf("inbox consumer: %d deliveries, %d effects applied, each exactly once", len(sent), applied)
+}
+
+// The crash test again with RabbitMQ between the relay processes and the
+// consumer: the killed relay had 150 messages of its batch confirmed by the
+// broker; the restarted relay publishes them again; a consumer subscribed
+// through amqptransport with the inbox applies every message once.
+func TestCrashMidBatchRabbitMQ(t *testing.T) {
+	url := testenv.FindRabbitMQ(t)
+	e := newEnv(t, 0)
+	ctx := context.Background()
+	w := e.outbox(t, outbox.Options{})
+	topic := randName("outboxcrash")
+	consumer, err := transport.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subOpts := transport.SubscribeOptions{Group: "billing", Concurrency: 4, MaxInFlight: 64}
+	if err := consumer.Declare(ctx, topic, subOpts); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { // on a connection of its own: the adapter's may be gone
+		ac, err := amqp.Dial(url)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer ac.Close()
+		ch, err := ac.Channel()
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		q := amqptransport.QueueName(topic, subOpts.Group)
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			t.Errorf("cleanup queue %s: %v", q, err)
+		}
+		if err := ch.ExchangeDelete(topic, false, false); err != nil {
+			t.Errorf("cleanup exchange %s: %v", topic, err)
+		}
+	}()
+	defer consumer.Close()
+	if _, err := e.conn.Exec(ctx, "CREATE TABLE "+e.tables.Schema+".effects (msg_id text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+
+	const total, keys, batch = 2000, 20, 200
+	const hangAfter = 3*batch + batch/2 + 50
+	e.writeRows(t, w, topic, total, keys, 100)
+	cmd, out := startHelper(t, e, hangAfter, batch, url)
+	waitLine(t, out, hangLine, 60*time.Second)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatal("helper did not die of SIGKILL")
+	}
+	if got, want := e.count(t, "true"), total-3*batch; got != want {
+		t.Fatalf("%d rows pending after the kill, want %d", got, want)
+	}
+	cmd2, out2 := startHelper(t, e, 0, batch, url)
+	waitLine(t, out2, drainedLine, 60*time.Second)
+	if err := cmd2.Wait(); err != nil {
+		t.Fatalf("second relay: %v", err)
+	}
+
+	db, err := sql.Open("pgx", e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	in, err := outbox.NewInbox(outbox.SQL(db), outbox.InboxOptions{Tables: e.tables})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	var deliveries atomic.Int64
+	h := in.Handler("billing", func(ctx context.Context, tx outbox.DB, m *message.Message) error {
+		_, err := tx.SQLExecutor().ExecContext(ctx, "INSERT INTO "+e.tables.Schema+".effects (msg_id) VALUES ($1)", m.ID)
+		return err
+	})
+	counted := message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+		deliveries.Add(1)
+		return h.Handle(ctx, m)
+	})
+	sctx, cancel := context.WithCancel(ctx)
+	subDone := make(chan error, 1)
+	go func() { subDone <- consumer.Subscribe(sctx, topic, counted, subOpts) }()
+	wantDeliveries := int64(total + hangAfter - 3*batch)
+	waitFor(t, 60*time.Second, "every delivery", func() bool { return deliveries.Load() >= wantDeliveries })
+	cancel()
+	<-subDone
+	var applied, distinct int
+	if err := e.conn.QueryRow(ctx, "SELECT count(*), count(DISTINCT msg_id) FROM "+e.tables.Schema+".effects").Scan(&applied, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("RabbitMQ: %d deliveries (%d duplicates from the killed batch), %d effects applied", deliveries.Load(), deliveries.Load()-total, applied)
+	if applied != total || distinct != total {
+		t.Fatalf("applied %d effects for %d distinct messages, want %d each", applied, distinct, total)
+	}
+	if deliveries.Load() != wantDeliveries {
+		t.Fatalf("%d deliveries, want %d", deliveries.Load(), wantDeliveries)
+	}
 }
