@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/router"
@@ -88,7 +89,20 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 }
 
 func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions) error {
-	start := time.Now()
+	tracing := i.tracing()
+	measure := i.consumerMetrics(ctx)
+	if !tracing && !measure {
+		// Nothing to record: pass the trace context through, as no-op
+		// spans would, and nothing else.
+		if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
+			ctx = i.prop.Extract(ctx, HeaderCarrier(m.Headers))
+		}
+		return next.Handle(ctx, m)
+	}
+	var start time.Time
+	if measure {
+		start = time.Now()
+	}
 	topic := m.Topic
 	if topic == "" {
 		topic = o.Topic
@@ -105,45 +119,50 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		}
 	}
 
-	attrs := make([]attribute.KeyValue, 0, 12)
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(system),
-		semconv.MessagingOperationNameKey.String("process"),
-		semconv.MessagingOperationTypeKey.String("process"),
-		semconv.MessagingDestinationNameKey.String(topic),
-	)
-	if group != "" {
-		attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(group))
-	}
-	attrs = messageAttrs(attrs, system, m)
-	if m.Attempt > 0 {
-		attrs = append(attrs, AttemptKey.Int(m.Attempt))
-	}
-	if o.Attributes != nil {
-		attrs = append(attrs, o.Attributes(ctx, m)...)
-	}
-
-	parent := ctx
-	opts := make([]trace.SpanStartOption, 0, 4)
-	opts = append(opts, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(start))
-	if len(m.Headers) > 0 {
-		if rctx := i.prop.Extract(ctx, HeaderCarrier(m.Headers)); o.LinkOnly {
-			if rsc := trace.SpanContextFromContext(rctx); rsc.IsValid() {
-				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: rsc}))
-			}
-		} else {
-			parent = rctx
+	sctx := ctx
+	var span trace.Span = tracenoop.Span{}
+	if tracing {
+		sa := getSpanArgs()
+		attrs := append(sa.attrs,
+			semconv.MessagingSystemKey.String(system),
+			semconv.MessagingOperationNameKey.String("process"),
+			semconv.MessagingOperationTypeKey.String("process"),
+			semconv.MessagingDestinationNameKey.String(topic),
+		)
+		if group != "" {
+			attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(group))
 		}
+		attrs = messageAttrs(attrs, system, m)
+		if m.Attempt > 0 {
+			attrs = append(attrs, AttemptKey.Int(m.Attempt))
+		}
+		if o.Attributes != nil {
+			attrs = append(attrs, o.Attributes(ctx, m)...)
+		}
+		parent := ctx
+		opts := append(sa.opts, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+		if len(m.Headers) > 0 {
+			if rctx := i.prop.Extract(ctx, HeaderCarrier(m.Headers)); o.LinkOnly {
+				if rsc := trace.SpanContextFromContext(rctx); rsc.IsValid() {
+					opts = append(opts, trace.WithLinks(trace.Link{SpanContext: rsc}))
+				}
+			} else {
+				parent = rctx
+			}
+		}
+		sctx, span = i.tracer.Start(parent, "process "+topic, opts...)
+		sa.attrs, sa.opts = attrs, opts
+		putSpanArgs(sa)
+	} else if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
+		sctx = i.prop.Extract(ctx, HeaderCarrier(m.Headers))
 	}
-	opts = append(opts, trace.WithAttributes(attrs...))
-	sctx, span := i.tracer.Start(parent, "process "+topic, opts...)
 
-	if i.consumed.Enabled(ctx) {
+	if measure {
 		i.consumed.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
 	}
 	if m.Attempt > 1 {
 		span.AddEvent(EventRedelivered, trace.WithAttributes(AttemptKey.Int(m.Attempt)))
-		if i.redelivered.Enabled(ctx) {
+		if measure {
 			i.redelivered.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
 		}
 	}
@@ -156,7 +175,8 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	case err == nil && pc.d.deadLettered.Load():
 		span.SetAttributes(OutcomeKey.String("dead_letter"))
 	case err == nil:
-		span.SetAttributes(OutcomeKey.String("ack"))
+		// Acked: OutcomeKey is left out (the span's status is Unset),
+		// which spares the SDK a copy of every attribute per message.
 	case message.IsPermanent(err) || (o.MaxAttempts > 0 && m.Attempt >= o.MaxAttempts):
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -167,11 +187,17 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		span.SetStatus(codes.Error, err.Error())
 		span.SetAttributes(OutcomeKey.String("nack"), semconv.ErrorTypeKey.String(et))
 	}
-	if i.processDur.Enabled(ctx) {
+	if measure {
 		i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "process", topic, group, et))
 	}
 	span.End()
 	return err
+}
+
+// consumerMetrics reports whether any consumer-side instrument records.
+func (i *Instrumentation) consumerMetrics(ctx context.Context) bool {
+	return i.consumed.Enabled(ctx) || i.processDur.Enabled(ctx) || i.redelivered.Enabled(ctx) ||
+		i.retries.Enabled(ctx) || i.deadLetters.Enabled(ctx) || i.duplicates.Enabled(ctx)
 }
 
 // Conn returns c with Publish traced as by Publisher and every Subscribe's

@@ -15,6 +15,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -38,8 +39,11 @@ const (
 	RetryWaitKey = attribute.Key("courier.retry.wait")
 	// DeadLetterTopicKey is the topic a message was dead-lettered to.
 	DeadLetterTopicKey = attribute.Key("courier.dead_letter.topic")
-	// OutcomeKey tells what became of a processed message: "ack",
-	// "nack" or "dead_letter" (process spans).
+	// OutcomeKey tells what became of a processed message that was not
+	// acked: "nack" (redelivery) or "dead_letter" (process spans). An
+	// acked message's span has no OutcomeKey and an Unset status; the
+	// attribute is not written for it because adding an attribute after
+	// the span started costs the SDK a copy of all of them.
 	OutcomeKey = attribute.Key("courier.outcome")
 	// BreakerNameKey names a circuit breaker (breaker metrics).
 	BreakerNameKey = attribute.Key("courier.breaker.name")
@@ -93,6 +97,13 @@ type Options struct {
 // is safe for concurrent use.
 type Instrumentation struct {
 	tracer trace.Tracer
+	// tp is the provider given in Options (checked once), or nil when
+	// the tracer came from the global provider, which is checked per
+	// call: unsetGlobal is the global provider as it is before any
+	// otel.SetTracerProvider, when that could be recognised.
+	tpNoop      bool
+	global      bool
+	unsetGlobal trace.TracerProvider
 	prop   propagation.TextMapPropagator
 	system string
 	log    *slog.Logger
@@ -124,7 +135,8 @@ var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
 // (the failed instruments record nothing), as otel instrumentations are.
 func New(opts Options) (*Instrumentation, error) {
 	tp := opts.TracerProvider
-	if tp == nil {
+	global := tp == nil
+	if global {
 		tp = otel.GetTracerProvider()
 	}
 	mp := opts.MeterProvider
@@ -140,6 +152,15 @@ func New(opts Options) (*Instrumentation, error) {
 	}
 	if i.prop == nil {
 		i.prop = propagation.TraceContext{}
+	}
+	if global {
+		i.global = true
+		if reflect.TypeOf(tp).String() == "*global.tracerProvider" {
+			// The API's own placeholder: no SDK has been installed (yet).
+			i.unsetGlobal = tp
+		}
+	} else {
+		_, i.tpNoop = tp.(tracenoop.TracerProvider)
 	}
 	if i.log == nil {
 		i.log = slog.New(slog.DiscardHandler)
@@ -194,6 +215,23 @@ func New(opts Options) (*Instrumentation, error) {
 		metric.WithDescription("Messages waiting on a dead-letter topic for a group."))
 	add(err)
 	return i, errors.Join(errs...)
+}
+
+// tracing reports whether spans can be recorded: false with a no-op
+// TracerProvider, or with the global one while no SDK was installed. Then
+// no span is started at all (a no-op span still costs two allocations);
+// trace context present in ctx or in a message still passes through, as
+// it would through no-op spans.
+func (i *Instrumentation) tracing() bool {
+	if !i.global {
+		return !i.tpNoop
+	}
+	tp := otel.GetTracerProvider()
+	if i.unsetGlobal != nil && tp == i.unsetGlobal {
+		return false
+	}
+	_, isNoop := tp.(tracenoop.TracerProvider)
+	return !isNoop
 }
 
 // Tracer is the Instrumentation's tracer, for spans of your own in the
@@ -348,4 +386,29 @@ func errorType(err error) string {
 		return "courier.permanent"
 	}
 	return "_OTHER"
+}
+
+// spanArgs is a reusable buffer for span start attributes and options.
+// Tracers copy both during Start (the SDK's NewSpanStartConfig appends the
+// attributes to a config of its own), so the buffer goes back to the pool
+// when Start returns.
+type spanArgs struct {
+	attrs []attribute.KeyValue
+	opts  []trace.SpanStartOption
+}
+
+var spanArgsPool = sync.Pool{New: func() any {
+	return &spanArgs{attrs: make([]attribute.KeyValue, 0, 16), opts: make([]trace.SpanStartOption, 0, 4)}
+}}
+
+func getSpanArgs() *spanArgs { return spanArgsPool.Get().(*spanArgs) }
+
+func putSpanArgs(a *spanArgs) {
+	if cap(a.attrs) > 64 { // grown by user attributes: let it go
+		return
+	}
+	clear(a.attrs[:cap(a.attrs)])
+	clear(a.opts[:cap(a.opts)])
+	a.attrs, a.opts = a.attrs[:0], a.opts[:0]
+	spanArgsPool.Put(a)
 }

@@ -81,14 +81,40 @@ func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*message.
 }
 
 func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher, system string, limits transport.Limits, topic string, msgs []*message.Message) error {
-	start := time.Now()
 	for _, m := range msgs {
 		if m != nil && m.ID == "" {
 			m.ID = message.NewID()
 		}
 	}
-	attrs := make([]attribute.KeyValue, 0, 8)
-	attrs = append(attrs,
+	measure := i.sent.Enabled(ctx) || i.opDur.Enabled(ctx)
+	var start time.Time
+	if measure {
+		start = time.Now()
+	}
+	if !i.tracing() {
+		// No spans; trace context already in ctx still travels.
+		out := msgs
+		if trace.SpanContextFromContext(ctx).IsValid() {
+			out = make([]*message.Message, len(msgs))
+			for n, m := range msgs {
+				out[n] = m
+				if m != nil {
+					out[n], _ = i.carry(ctx, m, limits)
+				}
+			}
+		}
+		err := next.Publish(ctx, topic, out...)
+		if err == nil {
+			i.noteDeadLetters(ctx, topic, msgs)
+		}
+		if measure {
+			i.measureSend(ctx, start, system, topic, len(msgs), err)
+		}
+		return err
+	}
+
+	sa := getSpanArgs()
+	attrs := append(sa.attrs,
 		semconv.MessagingSystemKey.String(system),
 		semconv.MessagingOperationNameKey.String("send"),
 		semconv.MessagingOperationTypeKey.String("send"),
@@ -111,16 +137,18 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 			if m == nil {
 				continue // left for the transport to reject
 			}
-			cattrs := make([]attribute.KeyValue, 0, 9)
-			cattrs = append(cattrs,
+			ca := getSpanArgs()
+			cattrs := append(ca.attrs,
 				semconv.MessagingSystemKey.String(system),
 				semconv.MessagingOperationNameKey.String("create"),
 				semconv.MessagingOperationTypeKey.String("create"),
 				semconv.MessagingDestinationNameKey.String(topic),
 			)
 			cattrs = messageAttrs(cattrs, system, m)
-			cctx, cs := i.tracer.Start(ctx, "create "+topic, trace.WithSpanKind(trace.SpanKindProducer),
-				trace.WithTimestamp(start), trace.WithAttributes(cattrs...))
+			copts := append(ca.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(cattrs...))
+			cctx, cs := i.tracer.Start(ctx, "create "+topic, copts...)
+			ca.attrs, ca.opts = cattrs, copts
+			putSpanArgs(ca)
 			c, ok := i.carry(cctx, m, limits)
 			if !ok {
 				cs.AddEvent(EventTraceContextDropped)
@@ -134,14 +162,21 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 		}
 	}
 
-	sctx, span := i.tracer.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithTimestamp(start), trace.WithAttributes(attrs...), trace.WithLinks(links...))
+	opts := append(sa.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	if len(links) > 0 {
+		opts = append(opts, trace.WithLinks(links...))
+	}
+	sctx, span := i.tracer.Start(ctx, "send "+topic, opts...)
+	sa.attrs, sa.opts = attrs, opts
+	putSpanArgs(sa)
 	if len(msgs) == 1 && msgs[0] != nil {
 		c, ok := i.carry(sctx, msgs[0], limits)
 		if !ok {
 			dropped++
 		}
-		out = []*message.Message{c}
+		if c != msgs[0] {
+			out = []*message.Message{c}
+		}
 	}
 	if dropped > 0 {
 		span.AddEvent(EventTraceContextDropped, trace.WithAttributes(attribute.Int("courier.messages", dropped)))
@@ -151,22 +186,22 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 
 	if err == nil {
 		i.noteDeadLetters(ctx, topic, msgs)
-	}
-	et := errorType(err)
-	if err != nil {
+	} else {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		span.SetAttributes(semconv.ErrorTypeKey.String(et))
+		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
 	}
 	span.End()
-	opt := i.metricOpt(system, "send", "send", topic, "", et)
-	if i.sent.Enabled(ctx) {
-		i.sent.Add(ctx, int64(len(msgs)), opt)
-	}
-	if i.opDur.Enabled(ctx) {
-		i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
+	if measure {
+		i.measureSend(ctx, start, system, topic, len(msgs), err)
 	}
 	return err
+}
+
+func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, system, topic string, n int, err error) {
+	opt := i.metricOpt(system, "send", "send", topic, "", errorType(err))
+	i.sent.Add(ctx, int64(n), opt)
+	i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
 }
 
 // carry returns the message to hand to the transport: m itself when ctx

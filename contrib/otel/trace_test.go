@@ -290,7 +290,7 @@ func TestProcessOutcomesAndEvents(t *testing.T) {
 	if _, ok := hasEvent(first, courierotel.EventRedelivered); ok {
 		t.Error("first delivery has a redelivered event")
 	}
-	wantAttr(t, second, "courier.outcome", "ack")
+	wantNoAttr(t, second, "courier.outcome") // acked: no outcome attribute
 	e, ok := hasEvent(second, courierotel.EventRedelivered)
 	if !ok {
 		t.Error("second delivery has no redelivered event")
