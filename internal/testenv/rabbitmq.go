@@ -48,18 +48,31 @@ const rabbitBin = "/usr/lib/rabbitmq/bin"
 // (data, logs, Erlang cookie), random ports. It can be stopped and started
 // again on the same port and storage, for broker-restart tests.
 type RabbitNode struct {
-	Port int
-	dir  string
-	env  []string
-	name string
+	Port    int
+	TLSPort int // 0 without TLS
+	dir     string
+	env     []string
+	name    string
 
 	mu      sync.Mutex
 	running bool
 }
 
+// RabbitTLS are PEM files for a private node's TLS listener.
+type RabbitTLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
 // StartRabbitMQ starts a private node (about 7 s) and stops it when t's
 // cleanup runs. It fails when the binaries are not installed.
 func StartRabbitMQ(t testing.TB) (*RabbitNode, error) {
+	t.Helper()
+	return StartRabbitMQTLS(t, nil)
+}
+
+// StartRabbitMQTLS is StartRabbitMQ with, when tc is set, a TLS listener
+// on 127.0.0.1:TLSPort as well (no client certificate required).
+func StartRabbitMQTLS(t testing.TB, tc *RabbitTLS) (*RabbitNode, error) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(rabbitBin, "rabbitmq-server")); err != nil {
 		return nil, fmt.Errorf("rabbitmq-server not installed: %w", err)
@@ -77,6 +90,11 @@ func StartRabbitMQ(t testing.TB) (*RabbitNode, error) {
 	}
 	dist := FreePort(t)
 	conf := fmt.Sprintf("listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n", n.Port)
+	if tc != nil {
+		n.TLSPort = FreePort(t)
+		conf += fmt.Sprintf("listeners.ssl.1 = 127.0.0.1:%d\nssl_options.cacertfile = %s\nssl_options.certfile = %s\nssl_options.keyfile = %s\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+			n.TLSPort, tc.CAFile, tc.CertFile, tc.KeyFile)
+	}
 	for name, body := range map[string]string{
 		"rabbitmq.conf":     conf,
 		"enabled_plugins":   "[].\n",
@@ -114,6 +132,11 @@ func (n *RabbitNode) URL() string {
 	return fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", n.Port)
 }
 
+// TLSURL is the node's amqps:// URL (guest/guest), without parameters.
+func (n *RabbitNode) TLSURL() string {
+	return fmt.Sprintf("amqps://guest:guest@127.0.0.1:%d/", n.TLSPort)
+}
+
 // Start starts the node (again) and waits until it accepts AMQP
 // connections.
 func (n *RabbitNode) Start(ctx context.Context) error {
@@ -134,7 +157,13 @@ func (n *RabbitNode) Start(ctx context.Context) error {
 	if _, err := n.ctl(wctx, "wait", "--timeout", "60", filepath.Join(n.dir, "rabbit.pid")); err != nil {
 		return fmt.Errorf("node did not start: %w", err)
 	}
-	return WaitReachable(fmt.Sprintf("127.0.0.1:%d", n.Port), 30*time.Second)
+	if err := WaitReachable(fmt.Sprintf("127.0.0.1:%d", n.Port), 30*time.Second); err != nil {
+		return err
+	}
+	if n.TLSPort != 0 {
+		return WaitReachable(fmt.Sprintf("127.0.0.1:%d", n.TLSPort), 30*time.Second)
+	}
+	return nil
 }
 
 // Restart stops the node and starts it again on the same port and storage.
