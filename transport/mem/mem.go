@@ -474,8 +474,12 @@ func (s *subscription) loop(ctx context.Context) error {
 		if room > 0 {
 			tp.mu.Lock()
 			next = g.promote(time.Now().UnixNano())
-			batch = s.take(batch, int(min(room, maxBatch)))
-			more := g.ready.len() > 0
+			want := int(min(room, maxBatch))
+			batch = s.take(batch, want)
+			// Hand the rest to a competing subscriber only when this one
+			// is full: when it took less, what is left is not deliverable
+			// (its keys are busy), and signalling would spin.
+			more := len(batch) == want && g.ready.len() > 0
 			tp.mu.Unlock()
 			if more {
 				g.signal() // let a competing subscriber take the rest
