@@ -104,10 +104,10 @@ type Instrumentation struct {
 	tpNoop      bool
 	global      bool
 	unsetGlobal trace.TracerProvider
-	prop   propagation.TextMapPropagator
-	system string
-	log    *slog.Logger
-	meter  metric.Meter
+	prop        propagation.TextMapPropagator
+	system      string
+	log         *slog.Logger
+	meter       metric.Meter
 
 	sent        metric.Int64Counter
 	consumed    metric.Int64Counter

@@ -9,11 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	courierotel "github.com/courierkit/courier/contrib/otel"
 	"github.com/courierkit/courier/message"
@@ -413,5 +417,90 @@ func TestProcessWithoutTraceContext(t *testing.T) {
 	s := findSpan(sr.Ended(), "process t")
 	if s == nil || s.Parent().IsValid() {
 		t.Fatalf("want a root process span, got:\n%s", dumpSpans(sr.Ended()))
+	}
+}
+
+// With tracing off (a no-op provider, or the global one before an SDK is
+// installed) no span is made, but trace context a message carries still
+// reaches what its handler publishes, as it would through no-op spans.
+func TestNoopPassesTraceContextThrough(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	sdk, _ := newInst(t, sr, courierotel.Options{})
+	pctx, ps := sdk.Tracer().Start(context.Background(), "upstream")
+	in := message.New([]byte("x"))
+	in.Topic = "in"
+	sdk.Inject(pctx, in)
+	ps.End()
+	want := in.Headers[message.HeaderTraceParent]
+
+	for name, inst := range map[string]func() (*courierotel.Instrumentation, error){
+		"noop providers": func() (*courierotel.Instrumentation, error) {
+			return courierotel.New(courierotel.Options{TracerProvider: tracenoop.NewTracerProvider(), MeterProvider: metricnoop.NewMeterProvider()})
+		},
+		"global unset": func() (*courierotel.Instrumentation, error) { return courierotel.New(courierotel.Options{}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			inst, err := inst()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lp := &limitedPublisher{}
+			pub := inst.Publisher(lp)
+			h := inst.Middleware(courierotel.ConsumerOptions{})(message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+				return pub.Publish(ctx, "out", message.New([]byte("y")))
+			}))
+			if err := h.Handle(context.Background(), in); err != nil {
+				t.Fatal(err)
+			}
+			if got := lp.got[0].Headers[message.HeaderTraceParent]; got != want {
+				t.Errorf("forwarded traceparent %q, want %q", got, want)
+			}
+			// Without trace context nothing is added.
+			plain := message.New(nil)
+			if err := pub.Publish(context.Background(), "out", plain); err != nil {
+				t.Fatal(err)
+			}
+			if len(lp.got[1].Headers) != 0 || lp.got[1] != plain {
+				t.Errorf("a publish without trace context was changed: %v", lp.got[1].Headers)
+			}
+		})
+	}
+	if n := len(sr.Ended()); n != 1 {
+		t.Errorf("%d spans recorded, want only the upstream one", n)
+	}
+}
+
+// An Instrumentation made before the program installs its SDK (otel.Set*
+// after New, as happens with package-level setup) records once it is
+// installed. This test sets the global providers; it restores no-op ones.
+func TestGlobalProvidersInstalledLater(t *testing.T) {
+	inst, err := courierotel.New(courierotel.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	otel.SetTracerProvider(tp)
+	otel.SetMeterProvider(mp)
+	t.Cleanup(func() {
+		otel.SetTracerProvider(tracenoop.NewTracerProvider())
+		otel.SetMeterProvider(metricnoop.NewMeterProvider())
+		_ = tp.Shutdown(context.Background())
+		_ = mp.Shutdown(context.Background())
+	})
+	lp := &limitedPublisher{}
+	if err := inst.Publisher(lp).Publish(context.Background(), "late", message.New(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if findSpan(sr.Ended(), "send late") == nil {
+		t.Error("no span after the SDK was installed")
+	}
+	if lp.got[0].Headers[message.HeaderTraceParent] == "" {
+		t.Error("no traceparent after the SDK was installed")
+	}
+	if got, _ := sumInt(t, collect(t, reader), "messaging.client.sent.messages", map[string]string{"messaging.destination.name": "late"}); got != 1 {
+		t.Errorf("sent.messages = %d, want 1", got)
 	}
 }
