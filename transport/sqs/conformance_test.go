@@ -2,6 +2,7 @@ package sqstransport_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"testing"
@@ -15,7 +16,11 @@ import (
 func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
 	return conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
-			return open(t, mode, sqstransport.Options{}), nil
+			o := sqstransport.Options{}
+			if os.Getenv("SQS_DEBUG") != "" {
+				o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			}
+			return open(t, mode, o), nil
 		},
 		Timeout:           20 * time.Second,
 		RedeliveryTimeout: 10 * time.Second,

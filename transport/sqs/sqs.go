@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/courierkit/courier/transport"
 )
@@ -82,6 +84,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		if cfg.Region == "" {
 			cfg.Region = "us-east-1"
 		}
+		cfg.Logger = sdkLogger{o.Logger, t}
 		// Enough idle connections for parallel receivers and batches, on
 		// an HTTP transport of the Transport's own, closed with it.
 		if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
@@ -520,4 +523,19 @@ func (t *Transport) subscribeQueueARN(ctx context.Context, topic, qu string) (st
 		return "", fmt.Errorf("sqstransport: subscribe queue %s to topic %s: %w", qa, ta, t.scrub(err))
 	}
 	return deref(out.SubscriptionArn), nil
+}
+
+// sdkLogger sends the SDK's own log lines (retries, connection reuse) to
+// Options.Logger at Debug (Warn for warnings), credentials redacted.
+type sdkLogger struct {
+	l *slog.Logger
+	t *Transport
+}
+
+func (s sdkLogger) Logf(c logging.Classification, format string, v ...any) {
+	level := slog.LevelDebug
+	if c == logging.Warn {
+		level = slog.LevelWarn
+	}
+	s.l.Log(context.Background(), level, "sqstransport: aws sdk: "+transport.RedactSecrets(fmt.Sprintf(format, v...), s.t.secrets...))
 }

@@ -76,10 +76,11 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	}
 	s := &sub{
 		t: t, topic: topic, queue: qn, url: qu, so: so,
-		redrive:  t.redriveURL(ctx, qn),
-		vis:      visibilitySeconds(so.AckWait),
-		inflight: map[*inflight]struct{}{},
-		tokens:   make(chan struct{}, so.MaxInFlight),
+		redrive:   t.redriveURL(ctx, qn),
+		vis:       visibilitySeconds(so.AckWait),
+		inflight:  map[*inflight]struct{}{},
+		tokens:    make(chan struct{}, so.MaxInFlight),
+		acquiring: make(chan struct{}, 1),
 	}
 	return s.run(ctx, h)
 }
@@ -136,9 +137,10 @@ type sub struct {
 	so      transport.SubscribeOptions
 	vis     int32
 
-	tokens chan struct{} // MaxInFlight: a token per received, unsettled message
-	acks   chan string   // receipt handles to delete
-	recv   chan *inflight
+	tokens    chan struct{} // MaxInFlight: a token per received, unsettled message
+	acquiring chan struct{} // one receiver acquires tokens at a time
+	acks      chan string   // receipt handles to delete
+	recv      chan *inflight
 
 	mu       sync.Mutex
 	inflight map[*inflight]struct{}
@@ -199,6 +201,7 @@ func (s *sub) run(ctx context.Context, h message.Handler) error {
 				s.release(inf)
 				continue
 			}
+			s.t.o.Logger.Debug("sqstransport: deliver", "queue", s.queue, "message_id", inf.m.ID, "payload_len", len(inf.m.Payload))
 			if err := d.Deliver(rctx, inf.m, &acker{s: s, inf: inf}); err != nil {
 				s.release(inf)
 			}
@@ -253,20 +256,9 @@ func (s *sub) receive(ctx context.Context) error {
 	t := s.t
 	backoff := 100 * time.Millisecond
 	for {
-		select {
-		case s.tokens <- struct{}{}:
-		case <-ctx.Done():
+		n, ok := s.acquire(ctx)
+		if !ok {
 			return nil
-		}
-		n := 1
-	more:
-		for n < maxBatch {
-			select {
-			case s.tokens <- struct{}{}:
-				n++
-			default:
-				break more
-			}
 		}
 		out, err := t.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl:                    aws.String(s.url),
@@ -303,6 +295,9 @@ func (s *sub) receive(ctx context.Context) error {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		if got > 0 {
+			t.o.Logger.Debug("sqstransport: received", "queue", s.queue, "count", got, "asked", n)
+		}
 		now := time.Now()
 		for i := range out.Messages {
 			inf := &inflight{sm: out.Messages[i], deadline: now.Add(time.Duration(s.vis) * time.Second)}
@@ -317,6 +312,42 @@ func (s *sub) receive(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// acquire takes in-flight slots for one ReceiveMessage: it waits for
+// half of MaxInFlight (at most 10) to be free, so that a busy subscription
+// receives in batches rather than one message per call, then takes what
+// else is free up to 10. One receiver acquires at a time, so receivers
+// never each hold part of what another waits for.
+func (s *sub) acquire(ctx context.Context) (int, bool) {
+	want := min(maxBatch, max(1, s.so.MaxInFlight/2))
+	select {
+	case s.acquiring <- struct{}{}:
+	case <-ctx.Done():
+		return 0, false
+	}
+	defer func() { <-s.acquiring }()
+	n := 0
+	for n < want {
+		select {
+		case s.tokens <- struct{}{}:
+			n++
+		case <-ctx.Done():
+			for range n {
+				<-s.tokens
+			}
+			return 0, false
+		}
+	}
+	for n < maxBatch {
+		select {
+		case s.tokens <- struct{}{}:
+			n++
+		default:
+			return n, true
+		}
+	}
+	return n, true
 }
 
 func (s *sub) toMessage(sm *sqstypes.Message) *message.Message {
