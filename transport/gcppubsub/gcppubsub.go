@@ -351,6 +351,11 @@ func (t *Transport) checkSubscribe(topic string, opts transport.SubscribeOptions
 	if err := transport.CheckSubscribe(topic, opts, limits); err != nil {
 		return err
 	}
+	if opts.MaxAttempts > 0 && (!t.caps.AttemptCount || topic == t.opts.DeadLetterTopic) {
+		// Without attempt counts MaxAttempts would never trigger and a
+		// failing message would be retried for ever: say so now.
+		return fmt.Errorf("%w: gcppubsubtransport: SubscribeOptions.MaxAttempts needs delivery attempts, which Pub/Sub counts only on subscriptions with a dead-letter policy: set Options.DeadLetterTopic (dead_letter_topic=...)", transport.ErrUnsupported)
+	}
 	if err := checkResource("topic", topic); err != nil {
 		return err
 	}
@@ -407,7 +412,9 @@ func (t *Transport) ensureSubscription(ctx context.Context, topic, id string, so
 			want.RetryPolicy.MaximumBackoff = durationpb.New(t.opts.MaxBackoff)
 		}
 	}
-	if t.opts.DeadLetterTopic != "" {
+	// The dead-letter topic's own subscriptions get no policy: Pub/Sub
+	// would forward a failing dead letter to where it already is.
+	if t.opts.DeadLetterTopic != "" && t.opts.DeadLetterTopic != topic {
 		if err := t.ensureTopic(ctx, t.opts.DeadLetterTopic); err != nil {
 			return nil, err
 		}

@@ -577,3 +577,17 @@ func TestConcurrencyOne(t *testing.T) {
 		t.Errorf("%d handlers ran at once with Concurrency 1", p)
 	}
 }
+
+// TestMaxAttemptsNeedsAttemptCount: without a native dead-letter policy
+// Pub/Sub does not count attempts, so MaxAttempts is refused, not ignored.
+func TestMaxAttemptsNeedsAttemptCount(t *testing.T) {
+	addr := emulator(t)
+	tr := open(t, testOptions(addr))
+	if tr.Capabilities().AttemptCount {
+		t.Fatal("AttemptCount without a dead-letter policy")
+	}
+	err := tr.Subscribe(ctxT(t), name("ma"), &recorder{}, transport.SubscribeOptions{Group: "g", MaxAttempts: 3})
+	if !errors.Is(err, transport.ErrUnsupported) {
+		t.Errorf("Subscribe with MaxAttempts = %v, want ErrUnsupported", err)
+	}
+}
