@@ -100,8 +100,8 @@
 //
 // NewRelay(connString, pub, opts) and Run(ctx). The relay keeps two
 // connections of its own: one LISTENs on the table's channel (named after
-// the table: "courier_outbox", or "schema.courier_outbox"), one does the
-// work. Each batch is one transaction:
+// the table: "courier_outbox", or "schema.courier_outbox"; a name over 63
+// bytes becomes "courier_outbox_" and its hash), one does the work. Each batch is one transaction:
 //
 //  1. Claim: lock the partitions of the oldest publishable rows with
 //     SELECT ... FROM courier_outbox_partitions ... FOR UPDATE SKIP LOCKED

@@ -894,3 +894,35 @@ func TestFallbackClassifiesEachMessage(t *testing.T) {
 		t.Errorf("%d publish calls, want 11", got)
 	}
 }
+
+// Maximal schema and table names still make a valid NOTIFY channel.
+func TestLongNames(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx := context.Background()
+	long := outbox.Tables{Schema: e.tables.Schema + strings.Repeat("s", 63-len(e.tables.Schema)), Outbox: strings.Repeat("o", 52), Inbox: strings.Repeat("i", 63)}
+	if err := outbox.CreateSchema(ctx, outbox.Pgx(e.conn), outbox.SchemaOptions{Tables: long}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.conn.Exec(context.Background(), "DROP SCHEMA "+long.Schema+" CASCADE") })
+	w, err := outbox.New(outbox.Options{Tables: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, s := memSink(t, "t")
+	r, err := outbox.NewRelay(e.url, tr, outbox.RelayOptions{Tables: long, PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { r.Close(); <-done }()
+	time.Sleep(200 * time.Millisecond) // listening, asleep for an hour
+	tx, _ := e.conn.Begin(ctx)
+	if err := w.Publish(ctx, outbox.Pgx(tx), "t", &message.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.waitN(t, 1, 10*time.Second) // woken by NOTIFY
+}

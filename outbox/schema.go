@@ -75,6 +75,10 @@ func (t Tables) resolve() (names, error) {
 	if t.Schema != "" {
 		ch = t.Schema + "." + t.Outbox
 	}
+	if len(ch) > 63 {
+		// pg_notify refuses channel names of 64 bytes or more.
+		ch = fmt.Sprintf("courier_outbox_%08x", fnv32(ch))
+	}
 	n.channel = ch
 	n.lockClass = int32(fnv32(ch) & 0x7fffffff)
 	return n, nil
