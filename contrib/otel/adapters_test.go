@@ -1,0 +1,105 @@
+package courierotel_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	courierotel "github.com/courierkit/courier/contrib/otel"
+	"github.com/courierkit/courier/internal/testenv"
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+	_ "github.com/courierkit/courier/transport/amqp"
+	_ "github.com/courierkit/courier/transport/nats"
+)
+
+// openURL returns a func that opens url for each service of runChain.
+func openURL(url string) func(t *testing.T) transport.Conn {
+	return func(t *testing.T) transport.Conn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := transport.Open(ctx, url)
+		if err != nil {
+			t.Fatalf("open %s: %v", transport.Redact(url), err)
+		}
+		t.Cleanup(func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			_ = c.Shutdown(sctx)
+		})
+		return c
+	}
+}
+
+// unique returns a topic name of its own for a test run on a shared
+// broker.
+func unique(prefix string) string {
+	return prefix + "-" + message.NewID()[24:]
+}
+
+// One order through three services is one trace on NATS JetStream.
+func TestTraceAcrossThreeServicesNATS(t *testing.T) {
+	url := testenv.NATS(t)
+	orders, payments := unique("otel-orders"), unique("otel-payments")
+	r := runChain(t, "nats", openURL(url), orders, payments)
+	checkChain(t, "nats", r, orders, payments)
+}
+
+// One order through three services is one trace on RabbitMQ.
+func TestTraceAcrossThreeServicesRabbitMQ(t *testing.T) {
+	url := testenv.FindRabbitMQ(t)
+	orders, payments := unique("otel-orders"), unique("otel-payments")
+	r := runChain(t, "rabbitmq", openURL(url), orders, payments)
+	checkChain(t, "rabbitmq", r, orders, payments)
+}
+
+// Lag on the real adapters: where the adapter implements
+// transport.LagReporter, the gauge reports messages waiting for a declared
+// group; where it does not, ObserveLag says so with ErrNoLag.
+func TestLagOnAdapters(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		url  func(t testing.TB) string
+	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := openURL(tc.url(t))(t)
+			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})
+			topic := unique("otel-lag")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := conn.Declare(ctx, topic, transport.SubscribeOptions{Group: "late"}); err != nil {
+				t.Fatal(err)
+			}
+			reg, err := inst.ObserveLag(inst.Conn(conn), courierotel.LagOptions{}, courierotel.LagTarget{Topic: topic, Group: "late"})
+			if errors.Is(err, courierotel.ErrNoLag) {
+				if _, ok := conn.(transport.LagReporter); ok {
+					t.Fatal("ErrNoLag for a transport that implements LagReporter")
+				}
+				t.Skipf("%s does not implement transport.LagReporter (yet): %v", tc.name, err)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reg.Unregister()
+			if err := conn.Publish(ctx, topic, message.New(nil), message.New(nil)); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				got, n := sumInt(t, collect(t, reader), "courier.messaging.consumer.lag", map[string]string{
+					"messaging.destination.name": topic, "messaging.consumer.group.name": "late"})
+				if n > 0 && got == 2 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("lag %d (%d points), want 2", got, n)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
