@@ -14,7 +14,7 @@ import (
 )
 
 func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
-	return conformance.Harness{
+	h := conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
 			o := sqstransport.Options{}
 			if os.Getenv("SQS_DEBUG") != "" {
@@ -28,6 +28,12 @@ func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
 		// cut off by a stopping subscriber come back quickly.
 		SubscribeOptions: transport.SubscribeOptions{AckWait: 3 * time.Second},
 	}
+	if emu != nil {
+		// goaws keeps its state in memory: a restart drops every
+		// connection and listener while queues and messages stay.
+		h.Restart = emu.restart
+	}
+	return h
 }
 
 // TestConformanceSNS runs the whole suite on sns:// (SNS topics, a queue

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/courierkit/courier/message"
@@ -215,4 +218,240 @@ func TestOversize(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVisibilityExtension: a handler running three times longer than the
+// visibility timeout keeps its message; it is handled once.
+func TestVisibilityExtension(t *testing.T) {
+	tr := open(t, sqstransport.ModeSQS, sqstransport.Options{})
+	topic := name(t)
+	ctx := context.Background()
+	if err := tr.Publish(ctx, topic, message.New([]byte("slow"))); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := 0
+	done := make(chan struct{})
+	// Concurrency 2: a redelivery would reach the second handler at once.
+	subscribe(t, tr, topic, message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if !first {
+			return nil
+		}
+		select {
+		case <-time.After(3500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		close(done)
+		return nil
+	}), transport.SubscribeOptions{AckWait: time.Second, Concurrency: 2})
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("slow handler did not finish")
+	}
+	// Past another visibility timeout: still one call.
+	time.Sleep(1500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 1 {
+		t.Fatalf("handled %d times while its handler held it for 3.5×AckWait; want 1", calls)
+	}
+}
+
+// TestRedrive: with MaxReceiveCount, SQS's own redrive moves a message that
+// keeps failing to the dead-letter queue, and a permanent failure without
+// a dead-letter topic is moved there at once; both arrive intact.
+func TestRedrive(t *testing.T) {
+	for _, mode := range []sqstransport.Mode{sqstransport.ModeSNS, sqstransport.ModeSQS} {
+		t.Run(mode.String(), func(t *testing.T) {
+			tr := open(t, mode, sqstransport.Options{MaxReceiveCount: 2})
+			topic := name(t)
+			ctx := context.Background()
+			o := transport.SubscribeOptions{Group: "g", AckWait: 2 * time.Second}
+			if err := tr.Declare(ctx, topic, o); err != nil {
+				t.Fatal(err)
+			}
+			failing := &message.Message{ID: "failing", Payload: []byte("f"), Headers: message.Header{"x": "1"}}
+			poison := &message.Message{ID: "poison", Payload: []byte("p")}
+			if err := tr.Publish(ctx, topic, failing, poison); err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			calls := map[string]int{}
+			subscribe(t, tr, topic, message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+				mu.Lock()
+				calls[m.ID]++
+				mu.Unlock()
+				if m.ID == "poison" {
+					return message.Permanent(errors.New("bad"))
+				}
+				return errors.New("try again")
+			}), o)
+
+			// The dead-letter queue: in sns:// it is "<topic>-<group>-dlq",
+			// which an sqs:// transport reads as a topic.
+			dlqTopic := topic + "-dlq"
+			if mode == sqstransport.ModeSNS {
+				dlqTopic = topic + "-g-dlq"
+			}
+			reader := open(t, sqstransport.ModeSQS, sqstransport.Options{})
+			c := newCollector()
+			subscribe(t, reader, dlqTopic, c, transport.SubscribeOptions{})
+			got := c.wait(t, 2, 20*time.Second)
+			byID := map[string]*message.Message{}
+			for _, m := range got {
+				byID[m.ID] = m
+			}
+			if m := byID["failing"]; m == nil || string(m.Payload) != "f" || m.Headers["x"] != "1" {
+				t.Errorf("redriven message = %+v, want the original", m)
+			}
+			if m := byID["poison"]; m == nil || string(m.Payload) != "p" {
+				t.Errorf("permanently failed message = %+v, want the original", m)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if calls["poison"] != 1 {
+				t.Errorf("poison handled %d times, want 1", calls["poison"])
+			}
+			if calls["failing"] < 2 {
+				t.Errorf("failing message handled %d times, want at least MaxReceiveCount (2)", calls["failing"])
+			}
+		})
+	}
+}
+
+// TestFIFO: Key becomes the message group (order kept per key), ID the
+// deduplication id (a second publish of an ID is dropped by SQS).
+func TestFIFO(t *testing.T) {
+	for _, mode := range []sqstransport.Mode{sqstransport.ModeSQS, sqstransport.ModeSNS} {
+		t.Run(mode.String(), func(t *testing.T) {
+			// One receiver: goaws's FIFO group lock is per queue, not per
+			// group, and can let two receivers take one group's messages
+			// (AWS does not); see the package doc.
+			tr := open(t, mode, sqstransport.Options{FIFO: true, Receivers: 1})
+			if !tr.Capabilities().OrderedByKey {
+				t.Fatal("FIFO transport does not declare OrderedByKey")
+			}
+			topic := name(t)
+			ctx := context.Background()
+			o := transport.SubscribeOptions{Group: "g", Concurrency: 4, MaxInFlight: 20, OrderedByKey: true}
+			if err := tr.Declare(ctx, topic, o); err != nil {
+				t.Fatal(err)
+			}
+			const keys, per = 4, 25
+			var msgs []*message.Message
+			for i := range per {
+				for k := range keys {
+					msgs = append(msgs, &message.Message{ID: fmt.Sprintf("m-%d-%d", k, i), Key: fmt.Sprintf("key-%d", k), Payload: []byte(fmt.Sprint(i))})
+				}
+			}
+			if err := tr.Publish(ctx, topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			// The same ID again: SQS deduplicates it. goaws's SNS ignores
+			// MessageDeduplicationId (AWS honours it), so only sqs:// shows it.
+			dedup := mode == sqstransport.ModeSQS || emu == nil
+			if dedup {
+				if err := tr.Publish(ctx, topic, &message.Message{ID: "m-0-0", Key: "key-0", Payload: []byte("dup")}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var mu sync.Mutex
+			next := map[string]int{}
+			c := newCollector()
+			subscribe(t, tr, topic, message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+				mu.Lock()
+				want := next[m.Key]
+				next[m.Key] = want + 1
+				mu.Unlock()
+				if string(m.Payload) != fmt.Sprint(want) {
+					t.Errorf("key %s: got %q, want %d", m.Key, m.Payload, want)
+				}
+				time.Sleep(time.Millisecond)
+				return c.Handle(ctx, m)
+			}), o)
+			c.wait(t, keys*per, 30*time.Second)
+			time.Sleep(300 * time.Millisecond)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if len(c.msgs) != keys*per {
+				t.Errorf("handled %d messages, want %d (the duplicate ID must be dropped)", len(c.msgs), keys*per)
+			}
+		})
+	}
+}
+
+// TestURL: every option is reachable by URL; unknown parameters and bad
+// values are errors that never show credentials.
+func TestURL(t *testing.T) {
+	u := "sns://AKIDEXAMPLE:s3cr3tKEY@127.0.0.1:4100/?region=eu-west-1&fifo=true&create=false&queue_policy=false&max_receive_count=5&redrive_queue=dead&wait_time=2s&receivers=3&publish_concurrency=2&publish_attempts=4&ack_linger=5ms&goaws=true&profile=p&session_token=tok123"
+	pu, _ := url.Parse(u)
+	o, err := sqstransport.ParseURL(pu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sqstransport.Options{
+		Mode: sqstransport.ModeSNS, Region: "eu-west-1", Endpoint: "http://127.0.0.1:4100",
+		AccessKeyID: "AKIDEXAMPLE", SecretAccessKey: "s3cr3tKEY", SessionToken: "tok123", Profile: "p",
+		FIFO: true, NoCreate: true, NoQueuePolicy: true, MaxReceiveCount: 5, RedriveQueue: "dead",
+		WaitTime: 2 * time.Second, Receivers: 3, PublishConcurrency: 2, PublishAttempts: 4,
+		AckLinger: 5 * time.Millisecond, Goaws: true,
+	}
+	if o != want {
+		t.Errorf("ParseURL =\n%+v\nwant\n%+v", o, want)
+	}
+	_, err = transport.Open(context.Background(), "sqs://AKIDEXAMPLE:s3cr3tKEY@127.0.0.1:4100/?bogus=1")
+	if err == nil || !strings.Contains(err.Error(), "bogus") || !strings.Contains(err.Error(), "max_receive_count") {
+		t.Errorf("unknown parameter: %v; want an error naming it and the accepted ones", err)
+	}
+	if err != nil && (strings.Contains(err.Error(), "s3cr3tKEY") || strings.Contains(err.Error(), "AKIDEXAMPLE")) {
+		t.Errorf("error shows credentials: %v", err)
+	}
+	if _, err := transport.Open(context.Background(), "sqs:///?wait_time=soon"); err == nil {
+		t.Error("bad duration accepted")
+	}
+	c, err := transport.Open(context.Background(), "sqs://x:y@"+strings.TrimPrefix(endpoint(t), "http://")+"/?region=us-east-1&goaws=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := name(t)
+	if err := c.Publish(context.Background(), topic, message.New([]byte("via url"))); err != nil {
+		t.Fatal(err)
+	}
+	var sc *sqs.Client
+	var nc *sns.Client
+	if !c.As(&sc) || !c.As(&nc) || sc == nil || nc == nil {
+		t.Error("As did not expose the SQS and SNS clients")
+	}
+	var other *strings.Builder
+	if c.As(&other) {
+		t.Error("As accepted an unknown target")
+	}
+}
+
+// TestNames: dots are refused (SQS and SNS do not allow them); long topic
+// and group pairs are shortened into valid queue names.
+func TestNames(t *testing.T) {
+	tr := open(t, sqstransport.ModeSNS, sqstransport.Options{})
+	ctx := context.Background()
+	if err := tr.Publish(ctx, "a.b", message.New([]byte("x"))); !errors.Is(err, transport.ErrInvalidName) {
+		t.Errorf("topic with a dot: %v, want ErrInvalidName", err)
+	}
+	topic := name(t) + strings.Repeat("t", 30)
+	group := strings.Repeat("g", 70)
+	if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: group}); err != nil {
+		t.Fatalf("long topic and group: %v", err)
+	}
+	if err := tr.Publish(ctx, topic, message.New([]byte("long"))); err != nil {
+		t.Fatal(err)
+	}
+	c := newCollector()
+	subscribe(t, tr, topic, c, transport.SubscribeOptions{Group: group})
+	c.wait(t, 1, 20*time.Second)
 }
