@@ -97,10 +97,13 @@ type Options struct {
 	// (concurrent Publish calls beyond it wait). URL: publish_channels.
 	// Default: 4.
 	PublishChannels int
-	// PublishRetry is how long Publish keeps resending messages the
-	// broker did not confirm because the connection was lost (it waits
-	// for the reconnect), within its ctx. URL: publish_retry. Default:
-	// 30s. NoPublishRetry turns it off (URL: no_publish_retry).
+	// PublishRetry bounds how long one Publish call waits for a
+	// connection (and a free channel) and keeps resending messages the
+	// broker did not confirm because the connection was lost, within its
+	// ctx; then it fails with ErrUnconfirmed. URL: publish_retry.
+	// Default: 30s. NoPublishRetry turns the resending off: messages left
+	// unconfirmed by a connection loss fail at once (URL:
+	// no_publish_retry).
 	PublishRetry   time.Duration
 	NoPublishRetry bool
 	// ReconnectMin and ReconnectMax bound the exponential backoff between

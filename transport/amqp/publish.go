@@ -138,11 +138,22 @@ func (t *Transport) isClosed() bool {
 // topic is set) and waits for the confirms, resending what a connection
 // loss left unconfirmed.
 func (t *Transport) send(ctx context.Context, exchange, topic string, out []outgoing, mandatory bool) error {
-	var until time.Time
+	// Waiting for a connection (or a free channel) and resending after a
+	// loss are both bounded by PublishRetry, so a Publish with a
+	// background ctx does not hang while the broker is away.
+	until := time.Now().Add(t.o.PublishRetry)
 	pending := out
 	for {
-		pc, err := t.acquire(ctx)
+		wctx, cancel := context.WithDeadline(ctx, until)
+		pc, err := t.acquire(wctx)
+		cancel()
 		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("%w: %d message(s) on exchange %q: no connection to the broker within %v", ErrUnconfirmed, len(pending), exchange, t.o.PublishRetry)
+			}
 			return err
 		}
 		res := pc.publish(ctx, t, exchange, topic, pending, mandatory)
@@ -166,9 +177,6 @@ func (t *Transport) send(ctx context.Context, exchange, topic string, out []outg
 		if len(res.returned) > 0 {
 			return fmt.Errorf("%w: %d message(s) matched no queue (exchange %q)", ErrUnroutable, len(res.returned), exchange)
 		}
-		if until.IsZero() {
-			until = time.Now().Add(t.o.PublishRetry)
-		}
 		if t.isClosed() {
 			return fmt.Errorf("%w: %w: %d of %d message(s) on exchange %q", transport.ErrClosed, ErrUnconfirmed, len(res.unconfirmed), len(out), exchange)
 		}
@@ -181,19 +189,6 @@ func (t *Transport) send(ctx context.Context, exchange, topic string, out []outg
 		}
 		t.log.Debug("amqptransport: resending unconfirmed messages after connection loss", "exchange", exchange, "count", len(res.unconfirmed))
 		pending = res.unconfirmed
-		wctx, cancel := context.WithDeadline(ctx, until)
-		_, _, werr := t.connection(wctx)
-		cancel()
-		if werr != nil {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if errors.Is(werr, transport.ErrClosed) {
-				return transport.ErrClosed
-			}
-			// Retry window ended while disconnected.
-			until = time.Now()
-		}
 	}
 }
 
