@@ -50,7 +50,7 @@ type BreakerOptions struct {
 // to share one breaker among routes or expose its state to health checks;
 // CircuitBreaker is the shorthand that makes a private one.
 type Breaker struct {
-	cb    *gobreaker.CircuitBreaker[struct{}]
+	cb        *gobreaker.CircuitBreaker[struct{}]
 	name      string
 	delay     time.Duration
 	isFailure func(error) bool

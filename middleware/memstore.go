@@ -1,7 +1,6 @@
 package middleware
 
 import (
-	"container/heap"
 	"context"
 	"sync"
 	"time"
@@ -25,21 +24,35 @@ type MemoryStoreOptions struct {
 // bounded. It de-duplicates only within one process: use it for a single
 // consumer, tests, or in front of a shared store; use the Redis
 // (contrib/redisstore) or PostgreSQL (outbox) stores across processes. It
-// is safe for concurrent use. Its clock is time.Now.
+// is safe for concurrent use. Its clock is the monotonic clock of
+// time.Now.
+//
+// Keys sit on two lists, claims and processed records, each in the order
+// it was written, which is expiry order when TTLs are constant (as the
+// Idempotency middleware's are). Expired keys are dropped from the fronts
+// when new keys arrive; when the store is full, the key expiring soonest
+// of the two fronts goes. Every operation is O(1). At high throughput
+// the bound is what limits how far back duplicates are caught: with the
+// default 100000 keys and 1000 messages/s, about 100 s.
 type MemoryStore struct {
 	mu        sync.Mutex
 	max       int
 	retention time.Duration
+	base      time.Time
 	keys      map[string]*memEntry
-	exp       expiryHeap
+	claims    list // claimed keys, oldest first
+	done      list // processed keys, oldest first
 	closed    bool
 }
 
+// memEntry is a key's state; token is "" once processed. expires is in
+// nanoseconds since base.
 type memEntry struct {
-	key     string
-	token   string // "" once processed
-	expires time.Time
-	index   int // in exp
+	key        string
+	token      string
+	expires    int64
+	prev, next *memEntry
+	on         *list
 }
 
 // NewMemoryStore returns an empty MemoryStore.
@@ -50,40 +63,43 @@ func NewMemoryStore(opts MemoryStoreOptions) *MemoryStore {
 	if opts.DefaultRetention <= 0 {
 		opts.DefaultRetention = 24 * time.Hour
 	}
-	return &MemoryStore{max: opts.MaxKeys, retention: opts.DefaultRetention, keys: make(map[string]*memEntry)}
+	return &MemoryStore{max: opts.MaxKeys, retention: opts.DefaultRetention, base: time.Now(), keys: make(map[string]*memEntry)}
 }
+
+func (s *MemoryStore) now() int64 { return int64(time.Since(s.base)) }
 
 // Claim implements IdempotencyStore.
 func (s *MemoryStore) Claim(ctx context.Context, key, token string, ttl time.Duration) (ClaimState, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return 0, ErrStoreClosed
 	}
+	now := s.now()
 	e := s.keys[key]
-	if e != nil && !e.expires.After(now) {
-		s.remove(e)
+	if e != nil && e.expires <= now {
+		s.drop(e)
 		e = nil
 	}
 	switch {
 	case e == nil:
 		s.makeRoom(now)
-		e = &memEntry{key: key, token: token, expires: now.Add(ttl)}
+		e = &memEntry{key: key, token: token, expires: now + int64(ttl)}
 		s.keys[key] = e
-		heap.Push(&s.exp, e)
+		s.claims.pushBack(e)
 		return Claimed, nil
 	case e.token == "":
 		return Processed, nil
-	case e.token == token:
-		e.expires = now.Add(ttl)
-		heap.Fix(&s.exp, e.index)
-		return Claimed, nil
+	case e.token != token:
+		return InProgress, nil
 	}
-	return InProgress, nil
+	e.expires = now + int64(ttl)
+	s.claims.remove(e)
+	s.claims.pushBack(e)
+	return Claimed, nil
 }
 
 // Done implements IdempotencyStore.
@@ -94,23 +110,23 @@ func (s *MemoryStore) Done(ctx context.Context, key, token string, retention tim
 	if retention <= 0 {
 		retention = s.retention
 	}
-	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrStoreClosed
 	}
+	now := s.now()
 	e := s.keys[key]
 	if e == nil {
 		s.makeRoom(now)
-		e = &memEntry{key: key, expires: now.Add(retention)}
+		e = &memEntry{key: key}
 		s.keys[key] = e
-		heap.Push(&s.exp, e)
-		return nil
+	} else {
+		e.on.remove(e)
 	}
 	e.token = ""
-	e.expires = now.Add(retention)
-	heap.Fix(&s.exp, e.index)
+	e.expires = now + int64(retention)
+	s.done.pushBack(e)
 	return nil
 }
 
@@ -125,7 +141,7 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
 		return ErrStoreClosed
 	}
 	if e := s.keys[key]; e != nil && e.token != "" && e.token == token {
-		s.remove(e)
+		s.drop(e)
 	}
 	return nil
 }
@@ -144,46 +160,59 @@ func (s *MemoryStore) Close() error {
 	defer s.mu.Unlock()
 	s.closed = true
 	s.keys = nil
-	s.exp = nil
+	s.claims, s.done = list{}, list{}
 	return nil
 }
 
-func (s *MemoryStore) remove(e *memEntry) {
-	heap.Remove(&s.exp, e.index)
+func (s *MemoryStore) drop(e *memEntry) {
+	e.on.remove(e)
 	delete(s.keys, e.key)
 }
 
-// makeRoom drops expired keys, then the soonest-expiring ones, until one
-// more fits (s.mu held).
-func (s *MemoryStore) makeRoom(now time.Time) {
-	for len(s.exp) > 0 && !s.exp[0].expires.After(now) {
-		s.remove(s.exp[0])
+// makeRoom makes room for one more key (s.mu held): it drops expired keys
+// from the fronts, then, while full, the front key that expires soonest.
+func (s *MemoryStore) makeRoom(now int64) {
+	for _, l := range [2]*list{&s.claims, &s.done} {
+		for l.head != nil && l.head.expires <= now {
+			s.drop(l.head)
+		}
 	}
-	for len(s.keys) >= s.max && len(s.exp) > 0 {
-		s.remove(s.exp[0])
+	for len(s.keys) >= s.max {
+		c, d := s.claims.head, s.done.head
+		switch {
+		case c != nil && (d == nil || c.expires <= d.expires):
+			s.drop(c)
+		case d != nil:
+			s.drop(d)
+		default:
+			return
+		}
 	}
 }
 
-// expiryHeap orders entries by expiry, soonest first.
-type expiryHeap []*memEntry
+// list is an intrusive doubly linked list of entries.
+type list struct{ head, tail *memEntry }
 
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
-func (h expiryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
+func (l *list) pushBack(e *memEntry) {
+	e.on, e.prev, e.next = l, l.tail, nil
+	if l.tail != nil {
+		l.tail.next = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
 }
-func (h *expiryHeap) Push(x any) {
-	e := x.(*memEntry)
-	e.index = len(*h)
-	*h = append(*h, e)
-}
-func (h *expiryHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	e.index = -1
-	return e
+
+func (l *list) remove(e *memEntry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		l.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		l.tail = e.prev
+	}
+	e.prev, e.next, e.on = nil, nil, nil
 }

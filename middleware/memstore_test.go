@@ -1,6 +1,8 @@
 package middleware_test
 
 import (
+	"math/rand/v2"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -60,6 +62,94 @@ func TestMemoryStoreBounded(t *testing.T) {
 		}
 		if _, err := s.Claim(ctx, "x", "t", time.Minute); err != middleware.ErrStoreClosed {
 			t.Fatalf("Claim after Close: %v", err)
+		}
+	})
+}
+
+// TestMemoryStoreModel checks MemoryStore against a plain model under
+// random operations with random TTLs and fake time.
+func TestMemoryStoreModel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{})
+		type ent struct {
+			token   string
+			expires time.Time
+		}
+		model := map[string]ent{}
+		rng := rand.New(rand.NewPCG(1, 2))
+		keys := []string{"a", "b", "c", "d"}
+		tokens := []string{"t1", "t2", "t3"}
+		for i := range 20000 {
+			k, tok := keys[rng.IntN(len(keys))], tokens[rng.IntN(len(tokens))]
+			ttl := time.Duration(1+rng.IntN(10)) * time.Second
+			now := time.Now()
+			e, ok := model[k]
+			if ok && !e.expires.After(now) {
+				delete(model, k)
+				ok = false
+			}
+			switch rng.IntN(3) {
+			case 0:
+				got, err := s.Claim(ctx, k, tok, ttl)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := middleware.Claimed
+				switch {
+				case ok && e.token == "":
+					want = middleware.Processed
+				case ok && e.token != tok:
+					want = middleware.InProgress
+				default:
+					model[k] = ent{tok, now.Add(ttl)}
+				}
+				if got != want {
+					t.Fatalf("op %d: Claim(%s, %s) = %v, want %v", i, k, tok, got, want)
+				}
+			case 1:
+				if err := s.Done(ctx, k, tok, ttl); err != nil {
+					t.Fatal(err)
+				}
+				model[k] = ent{"", now.Add(ttl)}
+			case 2:
+				if err := s.Release(ctx, k, tok); err != nil {
+					t.Fatal(err)
+				}
+				if ok && e.token == tok {
+					delete(model, k)
+				}
+			}
+			time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
+		}
+	})
+}
+
+// TestMemoryStoreStaysBounded churns many keys through a small store.
+func TestMemoryStoreStaysBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: 100})
+		for i := range 100000 {
+			k := strconv.Itoa(i)
+			if st, err := s.Claim(ctx, k, "t", time.Minute); err != nil || st != middleware.Claimed {
+				t.Fatalf("Claim %s: %v %v", k, st, err)
+			}
+			if i%2 == 0 {
+				_ = s.Done(ctx, k, "t", time.Hour)
+			} else {
+				_ = s.Release(ctx, k, "t")
+			}
+			if s.Len() > 100 {
+				t.Fatalf("Len %d > MaxKeys", s.Len())
+			}
+			if i%1000 == 0 {
+				time.Sleep(time.Second)
+			}
+		}
+		// The most recent processed keys are still known.
+		if st, _ := s.Claim(ctx, "99998", "u", time.Minute); st != middleware.Processed {
+			t.Fatalf("recent key: %v", st)
 		}
 	})
 }

@@ -116,8 +116,8 @@ func attempt(ctx context.Context, next message.Handler, m *message.Message, time
 	if timeout <= 0 {
 		return next.Handle(ctx, m)
 	}
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	actx := newDeadlineCtx(ctx, time.Now().Add(timeout))
+	defer actx.release()
 	return timeoutResult(ctx, actx, timeout, next.Handle(actx, m))
 }
 

@@ -11,7 +11,7 @@ import (
 type StackOptions struct {
 	Correlation CorrelationOptions
 	// Logging, when set, adds Logging.
-	Logging *LoggingOptions
+	Logging    *LoggingOptions
 	Redelivery RedeliveryOptions
 	DeadLetter DeadLetterOptions
 	// Store, when set, adds Idempotency with it.

@@ -37,7 +37,10 @@ func (e *TimeoutError) Unwrap() error { return e.Err }
 // Is makes errors.Is(err, ErrTimeout) true.
 func (e *TimeoutError) Is(target error) bool { return target == ErrTimeout }
 
-// Timeout runs the handler with a context that ends after opts.Timeout.
+// Timeout runs the handler with a context that ends after opts.Timeout
+// (context.WithTimeout semantics; the runtime timer is only created when
+// the handler asks for the context's Done channel, so fast handlers that
+// never wait on it pay no timer).
 // The handler must return when its context ends: Timeout does not abandon
 // a running handler (returning while it still works on the message would
 // let the message be acked or redelivered under it). When the deadline
@@ -53,10 +56,11 @@ func Timeout(opts TimeoutOptions) message.Middleware {
 	}
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
-			tctx, cancel := context.WithTimeout(ctx, d)
+			tctx := newDeadlineCtx(ctx, time.Now().Add(d))
 			err := next.Handle(tctx, m)
-			cancel()
-			return timeoutResult(ctx, tctx, d, err)
+			res := timeoutResult(ctx, tctx, d, err)
+			tctx.release()
+			return res
 		})
 	}
 }

@@ -1,0 +1,100 @@
+package middleware
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// deadlineCtx is context.WithDeadline made lazy: the timer and the
+// done channel (a real context.WithDeadline child) are created only when
+// someone asks for Done or registers an AfterFunc — a handler that does
+// no I/O and returns fast never pays for a runtime timer. Err and
+// Deadline answer from the clock without one. Observable behaviour is
+// that of context.WithDeadline(parent, d): Done closes at the deadline or
+// when parent ends, Err reports DeadlineExceeded or the parent's error,
+// Value passes through, and contexts derived from it are cancelled with
+// it (through AfterFunc, without a goroutine).
+type deadlineCtx struct {
+	context.Context // parent
+	deadline        time.Time
+
+	mu       sync.Mutex
+	child    context.Context
+	cancel   context.CancelFunc
+	released bool
+}
+
+func newDeadlineCtx(parent context.Context, d time.Time) *deadlineCtx {
+	return &deadlineCtx{Context: parent, deadline: d}
+}
+
+// withDeadline has context.WithDeadline's shape, for tests.
+func withDeadline(parent context.Context, d time.Time) (*deadlineCtx, func()) {
+	c := newDeadlineCtx(parent, d)
+	return c, c.release
+}
+
+// materialize returns the real WithDeadline child, creating it once.
+func (c *deadlineCtx) materialize() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.child == nil {
+		c.child, c.cancel = context.WithDeadline(c.Context, c.deadline)
+		if c.released {
+			c.cancel()
+		}
+	}
+	return c.child
+}
+
+func (c *deadlineCtx) Deadline() (time.Time, bool) {
+	if pd, ok := c.Context.Deadline(); ok && pd.Before(c.deadline) {
+		return pd, true
+	}
+	return c.deadline, true
+}
+
+func (c *deadlineCtx) Done() <-chan struct{} { return c.materialize().Done() }
+
+func (c *deadlineCtx) Err() error {
+	c.mu.Lock()
+	child, released := c.child, c.released
+	c.mu.Unlock()
+	if child != nil {
+		return child.Err()
+	}
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if released {
+		return context.Canceled
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// AfterFunc lets context.AfterFunc, and contexts derived with
+// WithCancel and friends, hook into c without a watching goroutine.
+func (c *deadlineCtx) AfterFunc(f func()) func() bool {
+	return context.AfterFunc(c.materialize(), f)
+}
+
+// release is the CancelFunc: it ends the context (Canceled, unless it
+// already ended) and frees the timer.
+func (c *deadlineCtx) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.released {
+		return
+	}
+	c.released = true
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// Value passes through; String names the context in panics and logs.
+func (c *deadlineCtx) String() string { return "middleware.Timeout(" + c.deadline.String() + ")" }
