@@ -42,7 +42,7 @@ type Transport struct {
 	sec  []string
 
 	mu      sync.Mutex
-	streams map[string]jetstream.Stream // by stream name, ensured
+	streams map[string]jetstream.Stream // by topic, ensured
 
 	closing  chan struct{} // closed by Shutdown and Close: stop fetching
 	hard     chan struct{} // closed by Close or an expired Shutdown: cancel handlers
@@ -159,9 +159,10 @@ func (t *Transport) capabilities() transport.Capabilities {
 	idOverhead := len("NATS/1.0\r\n") + 2 + len(hdrMsgID) + 4 + 64
 	lim := transport.Limits{
 		MaxPayload: max - idOverhead,
-		// ID, key and payload with the two headers' framing; more headers
-		// cost 4 bytes of framing each, checked exactly at publish.
-		MaxMessage: max - (len("NATS/1.0\r\n") + 2 + len(hdrMsgID) + 4 + len(hdrKey) + 4),
+		// ID and payload with the framing of the ID header; a key and
+		// further headers cost their name and 4 bytes of framing each,
+		// which Publish checks exactly against max_payload.
+		MaxMessage: max - (len("NATS/1.0\r\n") + 2 + len(hdrMsgID) + 4),
 	}
 	if t.o.Core {
 		return transport.Capabilities{
@@ -243,7 +244,7 @@ const (
 func (t *Transport) ensureStream(ctx context.Context, topic string) (jetstream.Stream, error) {
 	name := t.streamName(topic)
 	t.mu.Lock()
-	s := t.streams[name]
+	s := t.streams[topic]
 	t.mu.Unlock()
 	if s != nil {
 		return s, nil
@@ -312,14 +313,14 @@ func (t *Transport) ensureStream(ctx context.Context, topic string) (jetstream.S
 		s = st
 	}
 	t.mu.Lock()
-	t.streams[name] = s
+	t.streams[topic] = s
 	t.mu.Unlock()
 	return s, nil
 }
 
 func (t *Transport) forgetStream(topic string) {
 	t.mu.Lock()
-	delete(t.streams, t.streamName(topic))
+	delete(t.streams, topic)
 	t.mu.Unlock()
 }
 
@@ -390,16 +391,18 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 }
 
 func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
+	// An acknowledgement comes within milliseconds; one lost with a
+	// dropped connection never comes. Waiting at most APITimeout (plus a
+	// little per message of a batch) turns that into an error the caller
+	// can retry (the IDs make a retry safe) instead of a hang until the
+	// caller's deadline.
+	ctx, cancel := context.WithTimeout(ctx, t.o.APITimeout+time.Duration(len(nm)-1)*time.Millisecond)
+	defer cancel()
 	if len(nm) == 1 {
 		if _, err := t.js.PublishMsg(ctx, nm[0]); err != nil {
 			return t.wrap(fmt.Sprintf("natstransport: publish to %q", nm[0].Subject), err)
 		}
 		return nil
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t.o.APITimeout+time.Duration(len(nm))*time.Millisecond)
-		defer cancel()
 	}
 	// Asynchronous publishes in windows, every acknowledgement awaited.
 	window := t.o.PublishAsyncMaxPending / 2
@@ -424,7 +427,7 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 			case err := <-f.Err():
 				errs = append(errs, t.wrap(fmt.Sprintf("natstransport: publish message %d to %q", start+j, nm[start+j].Subject), err))
 			case <-ctx.Done():
-				return ctx.Err()
+				return t.wrap(fmt.Sprintf("natstransport: publish message %d to %q: no acknowledgement", start+j, nm[start+j].Subject), ctx.Err())
 			}
 		}
 		if len(errs) > 0 {

@@ -1,0 +1,813 @@
+package natstransport_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/courierkit/courier/internal/testenv"
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+	natstransport "github.com/courierkit/courier/transport/nats"
+)
+
+func open(t testing.TB, o natstransport.Options) *natstransport.Transport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if o.Logger == nil {
+		o.Logger = testLogger()
+	}
+	tr, err := natstransport.New(ctx, o)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	return tr
+}
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// subscribe runs Subscribe in a goroutine until the test ends.
+func subscribe(t testing.TB, c transport.Subscriber, topic string, o transport.SubscribeOptions, h message.HandlerFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Subscribe(ctx, topic, h, o) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, transport.ErrClosed) {
+				t.Errorf("Subscribe: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("Subscribe did not return after cancel")
+		}
+	})
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func jsOf(t testing.TB, tr *natstransport.Transport) jetstream.JetStream {
+	t.Helper()
+	var js jetstream.JetStream
+	if !tr.As(&js) {
+		t.Fatal("As(*jetstream.JetStream) = false")
+	}
+	return js
+}
+
+func TestAsTargets(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	var nc *nats.Conn
+	if !tr.As(&nc) || nc == nil || !nc.IsConnected() {
+		t.Fatal("As(**nats.Conn) did not give a connected *nats.Conn")
+	}
+	_ = jsOf(t, tr)
+	var s string
+	if tr.As(&s) {
+		t.Error("As(*string) = true")
+	}
+	// Received messages expose the native jetstream.Msg.
+	got := make(chan *message.Message, 1)
+	subscribe(t, tr, "as-topic", transport.SubscribeOptions{Group: "g"}, func(_ context.Context, m *message.Message) error {
+		got <- m
+		return nil
+	})
+	if err := tr.Declare(ctxT(t, 5*time.Second), "as-topic", transport.SubscribeOptions{Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctxT(t, 5*time.Second), "as-topic", &message.Message{ID: "a1", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		var jm jetstream.Msg
+		if !m.As(&jm) || jm.Subject() != "courier.as-topic" {
+			t.Fatalf("message As(*jetstream.Msg) failed or wrong subject")
+		}
+		if md, _ := jm.Metadata(); md == nil || md.Stream != "COURIER_as-topic" || md.Consumer != "g" {
+			t.Errorf("native metadata %+v; want stream COURIER_as-topic, consumer g", md)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message")
+	}
+}
+
+// TestDuplicatePublishStoredOnce: a publish retried with the same ID within
+// the duplicate window is acknowledged but stored (and delivered) once.
+func TestDuplicatePublishStoredOnce(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	topic := "dup"
+	if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := tr.Publish(ctx, topic, &message.Message{ID: "same-id", Payload: []byte("once")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And within a batch.
+	if err := tr.Publish(ctx, topic,
+		&message.Message{ID: "b-1", Payload: []byte("1")},
+		&message.Message{ID: "b-1", Payload: []byte("1")},
+		&message.Message{ID: "b-2", Payload: []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := jsOf(t, tr).Stream(ctx, "COURIER_dup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 3 {
+		t.Fatalf("stream holds %d messages, want 3 (same-id, b-1, b-2)", info.State.Msgs)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	subscribe(t, tr, topic, transport.SubscribeOptions{Group: "g"}, func(_ context.Context, m *message.Message) error {
+		mu.Lock()
+		seen[m.ID]++
+		mu.Unlock()
+		return nil
+	})
+	waitFor(t, 10*time.Second, "3 deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 3 })
+	// the consumer has nothing more pending
+	c, err := s.Consumer(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "all acked", func() bool {
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumAckPending == 0 && ci.NumPending == 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", id, n)
+		}
+	}
+}
+
+// TestInProgressKeepsLease: a handler running for 3×AckWait keeps its
+// message (InProgress heartbeats); the server never redelivers it.
+func TestInProgressKeepsLease(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	const ackWait = time.Second
+	o := transport.SubscribeOptions{Group: "slow", AckWait: ackWait, Concurrency: 2}
+	if err := tr.Declare(ctx, "lease", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "lease", &message.Message{ID: "long", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	finished := make(chan struct{})
+	subscribe(t, tr, "lease", o, func(hctx context.Context, m *message.Message) error {
+		if calls.Add(1) > 1 {
+			return nil
+		}
+		select { // the work itself: 3×AckWait
+		case <-time.After(3 * ackWait):
+		case <-hctx.Done():
+			return hctx.Err()
+		}
+		close(finished)
+		return nil
+	})
+	select {
+	case <-finished:
+	case <-time.After(15 * time.Second):
+		t.Fatal("handler did not finish")
+	}
+	s, _ := jsOf(t, tr).Stream(ctx, "COURIER_lease")
+	c, err := s.Consumer(ctx, "slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "ack", func() bool {
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumAckPending == 0
+	})
+	ci, _ := c.Info(ctx)
+	if ci.NumRedelivered != 0 || calls.Load() != 1 {
+		t.Fatalf("redelivered %d times, handled %d times; want the lease kept (0, 1)", ci.NumRedelivered, calls.Load())
+	}
+}
+
+// TestNakWithDelayAndAttempt: RetryAfter delays redelivery on the server
+// and the attempt rises from NumDelivered.
+func TestNakWithDelayAndAttempt(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, "delay", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "delay", &message.Message{ID: "d", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	type seen struct {
+		at      time.Time
+		attempt int
+	}
+	ch := make(chan seen, 4)
+	subscribe(t, tr, "delay", o, func(_ context.Context, m *message.Message) error {
+		ch <- seen{time.Now(), m.Attempt}
+		if m.Attempt < 3 {
+			return message.RetryAfter(errors.New("later"), 400*time.Millisecond)
+		}
+		return nil
+	})
+	var got []seen
+	for len(got) < 3 {
+		select {
+		case s := <-ch:
+			got = append(got, s)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d deliveries", len(got))
+		}
+	}
+	for i, s := range got {
+		if s.attempt != i+1 {
+			t.Errorf("delivery %d has Attempt %d", i+1, s.attempt)
+		}
+		if i > 0 && s.at.Sub(got[i-1].at) < 400*time.Millisecond {
+			t.Errorf("delivery %d came %v after the previous, before the 400ms delay", i+1, s.at.Sub(got[i-1].at))
+		}
+	}
+}
+
+// TestPermanentTerm: without a dead-letter topic a Permanent error Terms
+// the message on the server: not redelivered, not pending.
+func TestPermanentTerm(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	o := transport.SubscribeOptions{Group: "g", AckWait: time.Second}
+	if err := tr.Declare(ctx, "term", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "term", &message.Message{ID: "bad", Payload: []byte("x")}, &message.Message{ID: "good", Payload: []byte("y")}); err != nil {
+		t.Fatal(err)
+	}
+	var bad atomic.Int32
+	good := make(chan struct{}, 1)
+	subscribe(t, tr, "term", o, func(_ context.Context, m *message.Message) error {
+		if m.ID == "bad" {
+			bad.Add(1)
+			return message.Permanent(errors.New("cannot parse"))
+		}
+		good <- struct{}{}
+		return nil
+	})
+	select {
+	case <-good:
+	case <-time.After(10 * time.Second):
+		t.Fatal("good message not handled")
+	}
+	s, _ := jsOf(t, tr).Stream(ctx, "COURIER_term")
+	c, _ := s.Consumer(ctx, "g")
+	waitFor(t, 5*time.Second, "nothing pending", func() bool {
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumAckPending == 0 && ci.NumPending == 0
+	})
+	// Past AckWait, the terminated message has not come back.
+	time.Sleep(1500 * time.Millisecond)
+	if n := bad.Load(); n != 1 {
+		t.Fatalf("terminated message handled %d times", n)
+	}
+}
+
+// TestHeadersThatNeedQuoting: values NATS would trim or mangle (spaces,
+// CR/LF), IDs and keys with them, and reserved names.
+func TestHeadersThatNeedQuoting(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, "hdr", o); err != nil {
+		t.Fatal(err)
+	}
+	want := &message.Message{ID: " id with spaces ", Key: "key\r\nline", Headers: message.Header{
+		"x-crlf": "a\r\nb", "x-tab": "\tt\t", "x-quote": `"quoted"`, "x-plain": "p", "Mixed-Case": "v",
+	}, Payload: []byte("p")}
+	if err := tr.Publish(ctx, "hdr", want); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *message.Message, 1)
+	subscribe(t, tr, "hdr", o, func(_ context.Context, m *message.Message) error { got <- m; return nil })
+	select {
+	case m := <-got:
+		if m.ID != want.ID || m.Key != want.Key {
+			t.Errorf("ID %q Key %q; want %q %q", m.ID, m.Key, want.ID, want.Key)
+		}
+		if len(m.Headers) != len(want.Headers) {
+			t.Errorf("headers %q; want %q", m.Headers, want.Headers)
+		}
+		for k, v := range want.Headers {
+			if m.Headers[k] != v {
+				t.Errorf("header %q = %q, want %q", k, m.Headers[k], v)
+			}
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message")
+	}
+	for _, bad := range []string{"Nats-Msg-Id", "nats-expected-stream", "Courier-Key", "has space", "colon:", "ü"} {
+		err := tr.Publish(ctx, "hdr", &message.Message{Headers: message.Header{bad: "v"}})
+		if !errors.Is(err, transport.ErrInvalidMessage) {
+			t.Errorf("header %q: Publish = %v, want ErrInvalidMessage", bad, err)
+		}
+	}
+}
+
+// TestMaxPayload: the server's max_payload is a LimitError before sending,
+// and the largest message that fits goes through.
+func TestMaxPayload(t *testing.T) {
+	srv := newServer(t, func(o *server.Options) { o.MaxPayload = 64 << 10 })
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	l := tr.Capabilities().Limits
+	if l.MaxPayload <= 0 || l.MaxPayload > 64<<10 {
+		t.Fatalf("MaxPayload %d; want just under the server's 64 KiB", l.MaxPayload)
+	}
+	if err := tr.Publish(ctx, "big", &message.Message{ID: strings.Repeat("i", 64), Payload: make([]byte, l.MaxPayload)}); err != nil {
+		t.Fatalf("MaxPayload-sized message: %v", err)
+	}
+	err := tr.Publish(ctx, "big", message.New(make([]byte, l.MaxPayload+1)))
+	var le *transport.LimitError
+	if !errors.As(err, &le) || le.What != "payload" {
+		t.Fatalf("over MaxPayload: %v", err)
+	}
+	// Within MaxMessage as courier counts it, but the framing of 100
+	// headers pushes the wire size over max_payload: the exact check.
+	m := message.New(nil)
+	m.Headers = message.Header{}
+	for i := range 100 {
+		m.Headers[fmt.Sprintf("h%02d", i)] = "v"
+	}
+	m.Payload = make([]byte, l.MaxMessage-transport.Size(m))
+	err = tr.Publish(ctx, "big", m)
+	if !errors.As(err, &le) || le.What != "message" || le.Limit != 64<<10 {
+		t.Fatalf("over max_payload with headers: %v", err)
+	}
+	if !strings.Contains(err.Error(), "65536") {
+		t.Errorf("error %q does not name the limit", err)
+	}
+}
+
+func TestBadURL(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	cases := map[string]string{
+		"nats://u:s3cr3tpw@127.0.0.1:4222?bogus=1":           "unknown parameter bogus",
+		"nats://127.0.0.1:4222?max_age=forever":              "max_age",
+		"nats://127.0.0.1:4222?storage=tape":                 "storage",
+		"nats://127.0.0.1:4222?replicas=-1":                  "replicas",
+		"nats://127.0.0.1:4222?token=s3cr3tpw&token=x":       "given 2 times",
+		"nats://127.0.0.1:4222/orders":                       "path",
+		"nats://127.0.0.1:4222?stream=bad.name":              "stream",
+		"nats+tls://127.0.0.1:4222?tls_cert=/nonexistent.pem": "tls_cert and tls_key",
+	}
+	for raw, want := range cases {
+		start := time.Now()
+		_, err := transport.Open(ctx, raw)
+		if err == nil {
+			t.Errorf("%s: no error", raw)
+			continue
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %q does not mention %q", raw, err, want)
+		}
+		if strings.Contains(err.Error(), "s3cr3tpw") {
+			t.Errorf("%s: error leaks the secret: %q", raw, err)
+		}
+		if time.Since(start) > time.Second {
+			t.Errorf("%s: took %v", raw, time.Since(start))
+		}
+	}
+	// The accepted parameters are listed.
+	_, err := transport.Open(ctx, "nats://127.0.0.1:4222?bogus=1")
+	if err == nil || !strings.Contains(err.Error(), "subject_prefix") {
+		t.Errorf("unknown-parameter error does not list the accepted ones: %v", err)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	u, _ := url.Parse("nats+tls://alice:pw@example.com?servers=nats://b:4222,nats://c:4222&name=svc&core=true&stream=ORDERS&subject_prefix=app.&stream_prefix=X_&no_provision=1&storage=memory&retention=interest&replicas=3&max_age=1h&max_bytes=1024&duplicate_window=30s&api_timeout=2s&ack_sync=true&publish_async_max_pending=10&ephemeral_inactive=1m&connect_timeout=1s&reconnect_wait=50ms&max_reconnects=5&reconnect_buf_size=1024&tls_handshake_first=true&creds=/c&nkey_seed=/n&tls_ca=/ca&tls_cert=/cert&tls_key=/key&no_subject_prefix=false")
+	o, err := natstransport.ParseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.URL != "tls://example.com:4222" || o.User != "alice" || o.Password != "pw" || o.TLS == nil ||
+		len(o.Servers) != 2 || o.Name != "svc" || !o.Core || o.Stream != "ORDERS" || o.SubjectPrefix != "app." ||
+		o.StreamPrefix != "X_" || !o.NoProvision || o.Storage != "memory" || o.Retention != "interest" ||
+		o.Replicas != 3 || o.MaxAge != time.Hour || o.MaxBytes != 1024 || o.DuplicateWindow != 30*time.Second ||
+		o.APITimeout != 2*time.Second || !o.AckSync || o.PublishAsyncMaxPending != 10 ||
+		o.EphemeralInactiveThreshold != time.Minute || o.ConnectTimeout != time.Second ||
+		o.ReconnectWait != 50*time.Millisecond || o.MaxReconnects != 5 || o.ReconnectBufSize != 1024 ||
+		!o.TLSHandshakeFirst || o.CredsFile != "/c" || o.NKeySeedFile != "/n" || o.TLSCAFile != "/ca" ||
+		o.TLSCertFile != "/cert" || o.TLSKeyFile != "/key" {
+		t.Errorf("ParseURL gave %+v", o)
+	}
+	u, _ = url.Parse("nats://tok3n@127.0.0.1")
+	if o, err := natstransport.ParseURL(u); err != nil || o.Token != "tok3n" || o.User != "" || o.URL != "nats://127.0.0.1:4222" {
+		t.Errorf("token URL: %+v %v", o, err)
+	}
+}
+
+// TestUnreachable: nothing listening gives a clear error well within the
+// ctx deadline; a blackholed connect honours the ctx.
+func TestUnreachable(t *testing.T) {
+	port := testenv.FreePort(t)
+	ctx := ctxT(t, 3*time.Second)
+	start := time.Now()
+	_, err := transport.Open(ctx, fmt.Sprintf("nats://u:s3cr3tpw@127.0.0.1:%d", port))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Errorf("took %v", time.Since(start))
+	}
+	if !errors.Is(err, nats.ErrNoServers) && !strings.Contains(err.Error(), "refused") {
+		t.Errorf("error %v: want the SDK's no-servers error reachable", err)
+	}
+	if strings.Contains(err.Error(), "s3cr3tpw") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+	// A server that accepts TCP but never speaks: the ctx deadline wins.
+	srv := newSilentListener(t)
+	ctx2, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	_, err = natstransport.New(ctx2, natstransport.Options{URL: "nats://" + srv, ConnectTimeout: 10 * time.Second})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("silent server: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("silent server: returned after %v", d)
+	}
+}
+
+// TestAuth: user/password and token authentication; a wrong password is a
+// clear error that does not contain it.
+func TestAuth(t *testing.T) {
+	srv := newServer(t, func(o *server.Options) { o.Username, o.Password = "alice", "correct-horse" })
+	tr := open(t, natstransport.Options{URL: srv.URL(), User: "alice", Password: "correct-horse"})
+	if err := tr.Publish(ctxT(t, 5*time.Second), "auth", message.New([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	u := strings.Replace(srv.URL(), "nats://", "nats://alice:wrong-battery@", 1)
+	_, err := transport.Open(ctxT(t, 5*time.Second), u)
+	if err == nil || !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("wrong password: %v, want nats.ErrAuthorization reachable", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "wrong-battery") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+	tsrv := newServer(t, func(o *server.Options) { o.Authorization = "t0ken-value" })
+	c, err := transport.Open(ctxT(t, 5*time.Second), strings.Replace(tsrv.URL(), "nats://", "nats://t0ken-value@", 1))
+	if err != nil {
+		t.Fatalf("token in user-info: %v", err)
+	}
+	c.Close()
+	c, err = transport.Open(ctxT(t, 5*time.Second), tsrv.URL()+"?token=t0ken-value")
+	if err != nil {
+		t.Fatalf("token parameter: %v", err)
+	}
+	c.Close()
+}
+
+// TestTLS: nats+tls with a CA file against a TLS server.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writeTestCerts(t, dir)
+	srv := newServer(t, func(o *server.Options) {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.TLSConfig = tc
+		o.TLS = true
+	})
+	u := strings.Replace(srv.URL(), "nats://", "nats+tls://", 1) + "?tls_ca=" + url.QueryEscape(ca)
+	c, err := transport.Open(ctxT(t, 5*time.Second), u)
+	if err != nil {
+		t.Fatalf("TLS open: %v", err)
+	}
+	defer c.Close()
+	if err := c.Publish(ctxT(t, 5*time.Second), "tls", message.New([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	// Without the CA the server's certificate is not trusted.
+	_, err = transport.Open(ctxT(t, 5*time.Second), strings.Replace(srv.URL(), "nats://", "nats+tls://", 1))
+	if err == nil {
+		t.Fatal("TLS without the CA succeeded")
+	}
+	_ = os.Remove(filepath.Join(dir, "none"))
+}
+
+// TestCoreMode: core NATS publish/subscribe with honest capabilities, queue
+// groups competing, no Declare, nack reported as no redelivery.
+func TestCoreMode(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL(), Core: true})
+	caps := tr.Capabilities()
+	if caps.Persistent || caps.Redelivery || caps.DelayedNack || caps.AttemptCount || caps.Replay || caps.BrokerTime || caps.LeaseExtension {
+		t.Errorf("core capabilities claim too much: %+v", caps)
+	}
+	var js jetstream.JetStream
+	if tr.As(&js) {
+		t.Error("core mode exposes a JetStream")
+	}
+	ctx := ctxT(t, 10*time.Second)
+	if err := tr.Declare(ctx, "core", transport.SubscribeOptions{Group: "g"}); !errors.Is(err, transport.ErrUnsupported) {
+		t.Errorf("Declare in core mode = %v, want ErrUnsupported", err)
+	}
+	var mu sync.Mutex
+	per := map[int]int{}
+	ids := map[string]int{}
+	ready := make(chan struct{}, 4)
+	for i := range 2 {
+		sub := open(t, natstransport.Options{URL: srv.URL(), Core: true})
+		subscribe(t, sub, "core", transport.SubscribeOptions{Group: "g"}, func(_ context.Context, m *message.Message) error {
+			if m.ID == "probe" {
+				select {
+				case ready <- struct{}{}:
+				default:
+				}
+				return nil
+			}
+			mu.Lock()
+			per[i]++
+			ids[m.ID]++
+			mu.Unlock()
+			if m.Headers["x"] != "y" || m.Key != "k" || m.Topic != "core" {
+				t.Errorf("core message %+v", m)
+			}
+			return nil
+		})
+	}
+	// Subscriptions are live once a probe gets through.
+	waitFor(t, 5*time.Second, "subscriptions", func() bool {
+		_ = tr.Publish(ctx, "core", &message.Message{ID: "probe"})
+		select {
+		case <-ready:
+			return true
+		case <-time.After(50 * time.Millisecond):
+			return false
+		}
+	})
+	time.Sleep(100 * time.Millisecond) // let the second subscriber's interest land too (core NATS has no durable interest)
+	const n = 200
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = &message.Message{Key: "k", Headers: message.Header{"x": "y"}, Payload: []byte("c")}
+	}
+	if err := tr.Publish(ctx, "core", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "core deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(ids) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	for id, c := range ids {
+		if c != 1 {
+			t.Errorf("%s delivered %d times in a queue group", id, c)
+		}
+	}
+}
+
+// TestMachineNATS: the adapter against the machine's NATS server
+// (127.0.0.1:4222 or $COURIER_NATS_URL): round trip with a group, and the
+// streams it made are removed.
+func TestMachineNATS(t *testing.T) {
+	u := testenv.NATS(t)
+	c, err := transport.Open(ctxT(t, 10*time.Second), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := c.(*natstransport.Transport)
+	defer tr.Close()
+	topic := fmt.Sprintf("courier-nats-test-%d", time.Now().UnixNano())
+	ctx := ctxT(t, 20*time.Second)
+	t.Cleanup(func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = jsOf(t, tr).DeleteStream(dctx, "COURIER_"+topic)
+	})
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, topic, o); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, topic, &message.Message{ID: "m1", Key: "k", Headers: message.Header{"a": "b"}, Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *message.Message, 1)
+	subscribe(t, tr, topic, o, func(_ context.Context, m *message.Message) error { got <- m; return nil })
+	select {
+	case m := <-got:
+		if m.ID != "m1" || m.Key != "k" || m.Headers["a"] != "b" || m.Attempt != 1 {
+			t.Errorf("got %+v", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message from the machine's NATS")
+	}
+}
+
+// TestNameConflict: two topics that map to one stream name, and two groups
+// to one consumer name, are errors instead of silently shared.
+func TestNameConflict(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	if err := tr.Declare(ctx, "a.b", transport.SubscribeOptions{Group: "g.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "a_b", message.New([]byte("x"))); !errors.Is(err, natstransport.ErrNameConflict) {
+		t.Errorf("topic a_b after a.b: %v, want ErrNameConflict", err)
+	}
+	if err := tr.Declare(ctx, "a.b", transport.SubscribeOptions{Group: "g_1"}); !errors.Is(err, natstransport.ErrNameConflict) {
+		t.Errorf("group g_1 after g.1: %v, want ErrNameConflict", err)
+	}
+	// Declaring the same group again is a no-op.
+	if err := tr.Declare(ctx, "a.b", transport.SubscribeOptions{Group: "g.1", MaxInFlight: 5}); err != nil {
+		t.Errorf("re-declare: %v", err)
+	}
+}
+
+// TestBindExistingStream: with Stream set, topics are subjects of an
+// operator-made stream and nothing is provisioned.
+func TestBindExistingStream(t *testing.T) {
+	srv := newServer(t, nil)
+	admin := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := jsOf(t, admin).CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := transport.Open(ctx, srv.URL()+"?stream=ORDERS&subject_prefix=orders.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	o := transport.SubscribeOptions{Group: "billing"}
+	if err := c.Declare(ctx, "created", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, "created", &message.Message{ID: "o1", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	subscribe(t, c, "created", o, func(_ context.Context, m *message.Message) error { got <- m.ID; return nil })
+	select {
+	case id := <-got:
+		if id != "o1" {
+			t.Errorf("got %s", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message")
+	}
+	names := jsOf(t, admin).StreamNames(ctx)
+	var all []string
+	for n := range names.Name() {
+		all = append(all, n)
+	}
+	if len(all) != 1 {
+		t.Errorf("streams %v; want only ORDERS", all)
+	}
+	// A subject no stream holds is an error, not a silent drop.
+	c2, _ := transport.Open(ctx, srv.URL()+"?stream=ORDERS&subject_prefix=other.")
+	defer c2.Close()
+	if err := c2.Publish(ctx, "x", message.New([]byte("x"))); err == nil {
+		t.Error("publish to a subject outside the bound stream succeeded")
+	}
+}
+
+// TestEphemeralSurvivesRestart: a subscription without a group keeps
+// receiving after the server restarts.
+func TestEphemeralSurvivesRestart(t *testing.T) {
+	srv := newServer(t, nil)
+	pub := open(t, natstransport.Options{URL: srv.URL(), ReconnectWait: 50 * time.Millisecond})
+	sub := open(t, natstransport.Options{URL: srv.URL(), ReconnectWait: 50 * time.Millisecond})
+	ctx := ctxT(t, 60*time.Second)
+	var mu sync.Mutex
+	ids := map[string]bool{}
+	subscribe(t, sub, "eph", transport.SubscribeOptions{AckWait: time.Second}, func(_ context.Context, m *message.Message) error {
+		mu.Lock()
+		ids[m.ID] = true
+		mu.Unlock()
+		return nil
+	})
+	// Probes with fresh IDs (a repeated ID would be de-duplicated) until
+	// one arrives.
+	probe := func(what string) func() bool {
+		i := 0
+		return func() bool {
+			i++
+			id := fmt.Sprintf("%s-%d", what, i)
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			_ = pub.Publish(pctx, "eph", &message.Message{ID: id})
+			cancel()
+			deadline := time.Now().Add(200 * time.Millisecond)
+			for time.Now().Before(deadline) {
+				mu.Lock()
+				ok := ids[id]
+				mu.Unlock()
+				if ok {
+					return true
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			return false
+		}
+	}
+	waitFor(t, 10*time.Second, "a message before the restart", probe("before"))
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a message after the restart", probe("after"))
+}
+
+// TestShutdownFlushesAcksAndClosed: after Shutdown, Publish/Subscribe
+// return ErrClosed and the handled messages are not pending.
+func TestShutdownAcks(t *testing.T) {
+	srv := newServer(t, nil)
+	tr, err := natstransport.New(ctxT(t, 5*time.Second), natstransport.Options{URL: srv.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	o := transport.SubscribeOptions{Group: "g", Concurrency: 8}
+	if err := tr.Declare(ctx, "sd", o); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]*message.Message, 100)
+	for i := range msgs {
+		msgs[i] = message.New([]byte("x"))
+	}
+	if err := admin.Publish(ctx, "sd", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- tr.Subscribe(context.Background(), "sd", message.HandlerFunc(func(context.Context, *message.Message) error {
+			handled.Add(1)
+			return nil
+		}), o)
+	}()
+	waitFor(t, 10*time.Second, "all handled", func() bool { return handled.Load() == 100 })
+	if err := tr.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Subscribe after Shutdown: %v", err)
+	}
+	s, _ := jsOf(t, admin).Stream(ctx, "COURIER_sd")
+	c, _ := s.Consumer(ctx, "g")
+	ci, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.NumAckPending != 0 || ci.AckFloor.Stream != 100 {
+		t.Errorf("after Shutdown: %d ack pending, ack floor %d; want 0 and 100", ci.NumAckPending, ci.AckFloor.Stream)
+	}
+	if err := tr.Publish(ctx, "sd", message.New(nil)); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Publish after Shutdown: %v", err)
+	}
+}
