@@ -62,6 +62,7 @@ func (d *Delivery) Group() string { return d.route.group }
 // Publisher is the router's publisher as configured (Options.Publisher),
 // without the correlation decoration of PublisherFrom: dead-letter and
 // redelivery copies go through it unchanged. Nil when the router has none.
+// It is the application's connection: do not Close it.
 func (d *Delivery) Publisher() transport.Publisher { return d.route.pub }
 
 // Capabilities are the subscriber's capabilities, when it declares them
@@ -90,8 +91,9 @@ func (d *Delivery) IsDraining() bool {
 // PublisherFrom returns a Publisher for follow-up messages of the delivery
 // in ctx: each message it publishes without a correlation ID gets the
 // consumed message's (or, when that has none, its ID), and each without a
-// causation ID gets the consumed message's ID. Outside a Router (no
-// Delivery in ctx) it returns nil.
+// causation ID gets the consumed message's ID. Its Close does nothing.
+// Outside a Router (no Delivery in ctx), or when the router has no
+// publisher, it returns nil.
 func PublisherFrom(ctx context.Context) transport.Publisher {
 	d := FromContext(ctx)
 	if d == nil || d.route.pub == nil {
@@ -111,7 +113,9 @@ func (p followUpPublisher) Publish(ctx context.Context, topic string, msgs ...*m
 	return p.next.Publish(ctx, topic, msgs...)
 }
 
-func (p followUpPublisher) Close() error { return p.next.Close() }
+// Close does nothing: the connection belongs to the application, not to
+// the handler that publishes through it.
+func (p followUpPublisher) Close() error { return nil }
 
 // Stamp copies the correlation of consumed onto each of msgs that lacks one
 // (consumed's correlation ID, or its ID when it has none) and sets the
