@@ -3,9 +3,11 @@ package courierotel_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	courierotel "github.com/courierkit/courier/contrib/otel"
@@ -13,6 +15,7 @@ import (
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
 	_ "github.com/courierkit/courier/transport/amqp"
+	_ "github.com/courierkit/courier/transport/kafka"
 	_ "github.com/courierkit/courier/transport/nats"
 )
 
@@ -57,6 +60,30 @@ func TestTraceAcrossThreeServicesRabbitMQ(t *testing.T) {
 	checkChain(t, "rabbitmq", r, orders, payments)
 }
 
+// kafkaURL starts an in-process kfake cluster (the Kafka protocol, real
+// client code on both sides) for the test, or uses $KAFKA_BROKERS.
+func kafkaURL(t testing.TB) string {
+	addrs := testenv.Kafka(t, func(testing.TB) (string, func(), error) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(time.Second))
+		if err != nil {
+			return "", nil, err
+		}
+		return strings.Join(c.ListenAddrs(), ","), c.Close, nil
+	})
+	return "kafka://" + addrs
+}
+
+// One order through three services is one trace on Kafka (kfake), with
+// the record key as messaging.kafka.message.key.
+func TestTraceAcrossThreeServicesKafka(t *testing.T) {
+	url := kafkaURL(t)
+	orders, payments := unique("otel-orders"), unique("otel-payments")
+	r := runChain(t, "kafka", openURL(url), orders, payments)
+	checkChain(t, "kafka", r, orders, payments)
+	wantAttr(t, findSpan(r.spans, "send "+orders), "messaging.kafka.message.key", "customer-7")
+	wantAttr(t, findSpan(r.spans, "process "+orders), "messaging.kafka.message.key", "customer-7")
+}
+
 // Lag on the real adapters: where the adapter implements
 // transport.LagReporter, the gauge reports messages waiting for a declared
 // group; where it does not, ObserveLag says so with ErrNoLag.
@@ -64,7 +91,7 @@ func TestLagOnAdapters(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		url  func(t testing.TB) string
-	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}} {
+	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := openURL(tc.url(t))(t)
 			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})
@@ -93,6 +120,12 @@ func TestLagOnAdapters(t *testing.T) {
 				got, n := sumInt(t, collect(t, reader), "courier.messaging.consumer.lag", map[string]string{
 					"messaging.destination.name": topic, "messaging.consumer.group.name": "late"})
 				if n > 0 && got == 2 {
+					if tc.name == "kafka" {
+						if _, pn := sumInt(t, collect(t, reader), "courier.messaging.consumer.lag", map[string]string{
+							"messaging.destination.name": topic, "messaging.destination.partition.id": "0"}); pn != 1 {
+							t.Errorf("kafka lag: %d points for partition 0, want 1", pn)
+						}
+					}
 					break
 				}
 				if time.Now().After(deadline) {

@@ -20,7 +20,11 @@ import (
 	"github.com/courierkit/courier/transport"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// sarama (the Kafka adapter's client) starts go-metrics' meter arbiter
+// with its first client; it never stops.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"))
+}
 
 // newInst returns an Instrumentation recording spans into sr and metrics
 // into a ManualReader.
