@@ -248,7 +248,7 @@ func (r *Router) Run(ctx context.Context) error {
 	results := make(chan result, len(routes))
 	for _, rt := range routes {
 		go func() {
-			rt.state.Store(int32(routeRunning))
+			rt.state.CompareAndSwap(int32(routeStarting), int32(routeRunning))
 			r.log.Info("courier: route started", "route", rt.name, "topic", rt.topic, "group", rt.group)
 			err := r.sub.Subscribe(subCtx, rt.topic, rt, rt.opts)
 			results <- result{rt, err}
@@ -326,7 +326,9 @@ func (r *Router) Shutdown(ctx context.Context) error {
 	case stateRunning:
 		r.state = stateDraining
 		for _, rt := range r.routes {
-			rt.state.CompareAndSwap(int32(routeRunning), int32(routeDraining))
+			if !rt.state.CompareAndSwap(int32(routeRunning), int32(routeDraining)) {
+				rt.state.CompareAndSwap(int32(routeStarting), int32(routeDraining))
+			}
 		}
 	}
 	r.startDrain()
