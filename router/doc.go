@@ -57,8 +57,8 @@
 // Health(ctx) reports the router's state, each route's state (idle,
 // starting, running, draining, stopped, failed), in-flight count, handled
 // and failed counts, last message and last error, the broker (through the
-// optional Pinger interface; "unknown" when the transport cannot be
-// pinged) and extra checks (Options.Checks, AddCheck — a
+// optional Pinger interface, else a transport.LagReporter round trip for a
+// running route's group, else "unknown") and extra checks (Options.Checks, AddCheck — a
 // middleware.Breaker's Check reports an open circuit). Ready means running
 // with every route running, the broker answering and every check passing;
 // Live is false only after a route failed. HealthHandler serves it as

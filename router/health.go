@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/courierkit/courier/transport"
 )
 
 // Check is a named health check. Func returns nil when healthy.
@@ -15,9 +17,12 @@ type Check struct {
 }
 
 // Pinger is implemented by subscribers that can check their broker
-// connection. Health calls it when the Router's Subscriber implements it;
-// otherwise the broker is reported as "unknown" and judged by the routes'
-// states alone.
+// connection. Health calls it when the Router's Subscriber implements it.
+// Otherwise, when the Subscriber is a transport.LagReporter, Health asks
+// the broker for the lag of the first running route with a group (a real
+// round trip); otherwise the broker is reported as "unknown" and judged by
+// the routes' states alone (a subscription that loses its broker for good
+// fails its route).
 type Pinger interface {
 	Ping(ctx context.Context) error
 }
@@ -48,6 +53,8 @@ type CheckResult struct {
 	Status   string        `json:"status"`
 	Error    string        `json:"error,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
+	// Via says how the broker was checked: "ping", "lag" or "" (unknown).
+	Via string `json:"via,omitempty"`
 }
 
 // RouteHealth reports one route.
@@ -91,8 +98,21 @@ func (r *Router) Health(ctx context.Context) Health {
 	h.Broker = CheckResult{Name: "broker", Status: "unknown"}
 	if p, ok := r.sub.(Pinger); ok {
 		h.Broker = runCheck(ctx, Check{Name: "broker", Func: p.Ping})
-		ready = ready && h.Broker.Status == "ok"
+		h.Broker.Via = "ping"
+	} else if lr, ok := r.sub.(transport.LagReporter); ok {
+		for _, rt := range routes {
+			if rt.group == "" || routeState(rt.state.Load()) != routeRunning {
+				continue
+			}
+			h.Broker = runCheck(ctx, Check{Name: "broker", Func: func(ctx context.Context) error {
+				_, err := lr.Lag(ctx, rt.topic, rt.group)
+				return err
+			}})
+			h.Broker.Via = "lag"
+			break
+		}
 	}
+	ready = ready && h.Broker.Status != "failing"
 	for _, rt := range routes {
 		rh := RouteHealth{
 			Name: rt.name, Topic: rt.topic, Group: rt.group,

@@ -324,7 +324,7 @@ func TestHealthHandler(t *testing.T) {
 		done := run(r, t.Context())
 		synctest.Wait()
 		code, h := get("/readyz")
-		if code != 200 || h.Broker.Status != "unknown" || len(h.Routes) != 1 || h.Routes[0].State != "running" || len(h.Checks) != 2 {
+		if code != 200 || h.Broker.Status != "ok" || h.Broker.Via != "lag" || len(h.Routes) != 1 || h.Routes[0].State != "running" || len(h.Checks) != 2 {
 			t.Fatalf("running: %d %+v", code, h)
 		}
 		failing.Store(true)
@@ -362,7 +362,7 @@ func TestHealthPingsBroker(t *testing.T) {
 		done := run(r, t.Context())
 		synctest.Wait()
 		h := r.Health(t.Context())
-		if h.Ready || h.Broker.Status != "failing" || h.Broker.Error != "connection refused" {
+		if h.Ready || h.Broker.Status != "failing" || h.Broker.Error != "connection refused" || h.Broker.Via != "ping" {
 			t.Fatalf("%+v", h)
 		}
 		_ = r.Close()
