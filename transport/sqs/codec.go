@@ -50,6 +50,47 @@ type meta struct {
 	X     [][2]string       `json:"x,omitempty"` // base64 name, base64 value
 }
 
+// appendSimple writes md without headers as JSON, as encoding/json would
+// (the fields in the same order), without reflection: the common case of
+// every Publish.
+func (md *meta) appendSimple(b []byte) string {
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, int64(md.V), 10)
+	for _, f := range [...]struct{ name, v string }{{"id", md.ID}, {"id64", md.ID64}, {"k", md.Key}, {"k64", md.Key64}, {"b", md.Body}} {
+		if f.v != "" {
+			b = append(b, `,"`...)
+			b = append(b, f.name...)
+			b = append(b, `":`...)
+			b = appendJSONString(b, f.v)
+		}
+	}
+	b = append(b, '}')
+	return string(b)
+}
+
+// appendJSONString quotes s, a valid UTF-8 string, as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
 // safe reports whether s can travel as an SQS string as it is: valid UTF-8
 // of the characters SQS accepts (#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD
 // #x10000-#x10FFFF).
@@ -121,7 +162,7 @@ func encode(m *message.Message) (wire, error) {
 	switch {
 	case len(m.Payload) == 0:
 		w.body, md.Body = emptyBody, "empty"
-	case utf8.Valid(m.Payload) && safe(string(m.Payload)):
+	case safe(string(m.Payload)):
 		w.body = string(m.Payload)
 	default:
 		w.body, md.Body = base64.StdEncoding.EncodeToString(m.Payload), "base64"
@@ -147,13 +188,18 @@ func encode(m *message.Message) (wire, error) {
 			md.X = append(md.X, [2]string{base64.StdEncoding.EncodeToString([]byte(k)), base64.StdEncoding.EncodeToString([]byte(v))})
 		}
 	}
-	var sb strings.Builder
-	enc := json.NewEncoder(&sb)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(md); err != nil {
-		return wire{}, fmt.Errorf("sqstransport: encode attributes: %w", err)
+	var mv string
+	if md.H == nil && md.X == nil {
+		mv = md.appendSimple(make([]byte, 0, 32+len(md.ID)+len(md.Key)+len(md.ID64)+len(md.Key64)))
+	} else {
+		var sb strings.Builder
+		enc := json.NewEncoder(&sb)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(md); err != nil {
+			return wire{}, fmt.Errorf("sqstransport: encode attributes: %w", err)
+		}
+		mv = strings.TrimSuffix(sb.String(), "\n")
 	}
-	mv := strings.TrimSuffix(sb.String(), "\n")
 	w.attrs[metaAttr] = sqstypes.MessageAttributeValue{DataType: ptr("String"), StringValue: ptr(mv)}
 	w.size += len(metaAttr) + len("String") + len(mv) + len(w.body)
 	return w, nil
