@@ -418,9 +418,17 @@ func TestCrashMidBatchRabbitMQ(t *testing.T) {
 		_, err := tx.SQLExecutor().ExecContext(ctx, "INSERT INTO "+e.tables.Schema+".effects (msg_id) VALUES ($1)", m.ID)
 		return err
 	})
+	var failed atomic.Int64
 	counted := message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+		err := h.Handle(ctx, m)
+		if err != nil {
+			// Nacked: it comes back, and is counted when it succeeds.
+			failed.Add(1)
+			t.Logf("delivery of %s failed (will be redelivered): %v", m.ID, err)
+			return err
+		}
 		deliveries.Add(1)
-		return h.Handle(ctx, m)
+		return nil
 	})
 	sctx, cancel := context.WithCancel(ctx)
 	subDone := make(chan error, 1)
@@ -433,7 +441,7 @@ func TestCrashMidBatchRabbitMQ(t *testing.T) {
 	if err := e.conn.QueryRow(ctx, "SELECT count(*), count(DISTINCT msg_id) FROM "+e.tables.Schema+".effects").Scan(&applied, &distinct); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("RabbitMQ: %d deliveries (%d duplicates from the killed batch), %d effects applied", deliveries.Load(), deliveries.Load()-total, applied)
+	t.Logf("RabbitMQ: %d acked deliveries (%d duplicates from the killed batch), %d failed and redelivered, %d effects applied", deliveries.Load(), deliveries.Load()-total, failed.Load(), applied)
 	if applied != total || distinct != total {
 		t.Fatalf("applied %d effects for %d distinct messages, want %d each", applied, distinct, total)
 	}
