@@ -38,11 +38,15 @@
 // to back (pipelined, no round trip per message) and returns once the
 // broker confirmed every one. A message that no queue takes comes back as
 // a basic.return and Publish fails with ErrUnroutable (unless
-// Options.AllowUnroutable), naming how many and the first ID; a broker
+// Options.AllowUnroutable), naming how many and the first ID (the routable
+// messages of that call were published and confirmed); a broker
 // basic.nack fails with ErrNacked. When the connection is lost before the
 // confirms arrive, Publish waits for the reconnect and resends exactly the
 // unconfirmed messages, for up to Options.PublishRetry (30s) within its
 // ctx; after that (or with NoPublishRetry) it fails with ErrUnconfirmed.
+// A Publish that finds no connection waits for one, also at most
+// PublishRetry. During a broker resource alarm (connection.blocked)
+// publishes wait, bounded by their ctx; the alarm is logged.
 // It never reports a message as published that the broker did not
 // confirm; a resent message can arrive twice.
 //
@@ -62,7 +66,8 @@
 //     one queue share a TTL, so none waits behind a longer one. Delays are
 //     rounded up to whole milliseconds and then to two significant digits
 //     (1234ms → 1300ms): never shorter than asked, at most ~10% longer, and
-//     a bounded number of queues. A retry queue expires (x-expires) ten
+//     a bounded number of queues (delays over RabbitMQ's largest TTL,
+//     2^32-1 ms or about 49 days, are capped to it). A retry queue expires (x-expires) ten
 //     minutes after its last use. If the republish fails, the message is
 //     requeued at once instead (logged).
 //   - without a delay, on a quorum queue: basic.nack with requeue (the

@@ -483,8 +483,12 @@ func retryBucket(d time.Duration) int64 {
 	for ms/scale >= 100 {
 		scale *= 10
 	}
-	return (ms + scale - 1) / scale * scale
+	return min((ms+scale-1)/scale*scale, maxTTL)
 }
+
+// maxTTL is the largest x-message-ttl RabbitMQ accepts (2^32-1 ms, about
+// 49.7 days); longer delays are capped to it.
+const maxTTL = 1<<32 - 1
 
 // retryExpiry is how long an unused retry queue lives after its last
 // declaration beyond its TTL (x-expires = TTL + retryExpiry).

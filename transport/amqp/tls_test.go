@@ -139,4 +139,47 @@ func TestTLS(t *testing.T) {
 	if _, err := transport.Open(ctx, strings.Replace(u, "guest:guest@", "guest:"+secret+"@", 1)); err == nil || strings.Contains(err.Error(), secret) {
 		t.Errorf("wrong password over TLS: err %v", err)
 	}
+
+	// Broker down (the node is private, so it can be stopped): Publish
+	// waits at most PublishRetry for a connection and then fails with
+	// ErrUnconfirmed, never reporting success; a running Subscribe keeps
+	// waiting for the reconnect; Close returns promptly.
+	tr, err := New(ctx, Options{URL: node.URL(), PublishRetry: time.Second, ReconnectMax: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Declare(ctx, topic, o); err != nil {
+		t.Fatal(err)
+	}
+	subErr := make(chan error, 1)
+	go func() {
+		subErr <- tr.Subscribe(context.Background(), topic, message.HandlerFunc(func(context.Context, *message.Message) error { return nil }), o)
+	}()
+	node.Stop()
+	start := time.Now()
+	err = tr.Publish(ctx, topic, message.New([]byte("nowhere to go")))
+	if !errors.Is(err, ErrUnconfirmed) {
+		t.Errorf("Publish with the broker down = %v, want ErrUnconfirmed", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Publish with the broker down took %v (PublishRetry 1s)", d)
+	}
+	select {
+	case err := <-subErr:
+		t.Errorf("Subscribe returned while the broker was down: %v", err)
+	default:
+	}
+	cstart := time.Now()
+	tr.Close()
+	select {
+	case err := <-subErr:
+		if !errors.Is(err, transport.ErrClosed) {
+			t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Subscribe did not return after Close while the broker was down")
+	}
+	if d := time.Since(cstart); d > 5*time.Second {
+		t.Errorf("Close took %v while the broker was down", d)
+	}
 }
