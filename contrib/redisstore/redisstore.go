@@ -1,37 +1,3 @@
-// Package redisstore is a middleware.IdempotencyStore on Redis
-// (redis/go-redis/v9), for de-duplicating messages across every process
-// of a consumer group.
-//
-// # Data model
-//
-// One Redis string per key, named Options.Prefix + key: "c:<token>" while
-// claimed, "d" once processed, each with a millisecond expiry (PX) — the
-// claim TTL, then the retention. Expiry is Redis's own (server clock), so
-// processes with skewed clocks agree, and expired keys cost nothing to
-// clean up. Claim and Release are Lua scripts (EVALSHA, loaded on first
-// use), so each is atomic; Done is one SET. Every operation touches one
-// key, so the store works on Redis Cluster (any redis.UniversalClient or
-// other redis.Scripter with the string commands).
-//
-// # Durability
-//
-// The store is as durable as the Redis deployment: without persistence, a
-// Redis restart forgets processed keys (duplicates arriving later run
-// again) and claims (a concurrent duplicate may run). A failover to a
-// replica that missed the last writes has the same effect for those keys.
-// Size the memory for (messages per retention period) × (prefix + key +
-// ~60 bytes).
-//
-// # Errors
-//
-// Redis errors are wrapped ("redisstore: claim <key>: ...") and stay
-// reachable with errors.As / errors.Is (redis.Error, redis.Nil never
-// escapes). A cancelled context returns ctx.Err().
-//
-// # Concurrency
-//
-// A Store is safe for concurrent use; it holds no state besides the
-// client, which it does not close.
 package redisstore
 
 import (
