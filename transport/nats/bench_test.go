@@ -255,16 +255,19 @@ func BenchmarkLatency(b *testing.B) {
 			}()
 			time.Sleep(100 * time.Millisecond) // consumer pull request in place (setup, not a result wait)
 			payload := make([]byte, max(size, 8))
-			tick := time.NewTicker(time.Second / rate)
+			// Message i is due at start + i/rate (absolute schedule: a
+			// late send does not shift the ones after it).
 			b.ResetTimer()
-			for range b.N {
-				<-tick.C
+			start := time.Now()
+			for i := range b.N {
+				if d := time.Until(start.Add(time.Duration(i) * time.Second / rate)); d > 0 {
+					time.Sleep(d)
+				}
 				binary.BigEndian.PutUint64(payload, uint64(time.Now().UnixNano()))
 				if err := publish(ctx, slices.Clone(payload)); err != nil {
 					b.Fatal(err)
 				}
 			}
-			tick.Stop()
 			deadline := time.After(30 * time.Second)
 			for len(lat) < b.N {
 				select {

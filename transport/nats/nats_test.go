@@ -622,13 +622,17 @@ func TestMachineNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := c.(*natstransport.Transport)
-	defer tr.Close()
 	topic := fmt.Sprintf("courier-nats-test-%d", time.Now().UnixNano())
 	ctx := ctxT(t, 20*time.Second)
+	// Registered first, so it runs last: after the subscription stopped,
+	// before the connection closes.
 	t.Cleanup(func() {
+		defer tr.Close()
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = jsOf(t, tr).DeleteStream(dctx, "COURIER_"+topic)
+		if err := jsOf(t, tr).DeleteStream(dctx, "COURIER_"+topic); err != nil {
+			t.Errorf("cleanup: delete stream: %v", err)
+		}
 	})
 	o := transport.SubscribeOptions{Group: "g"}
 	if err := tr.Declare(ctx, topic, o); err != nil {
