@@ -20,7 +20,7 @@ func harness(t testing.TB) conformance.Harness {
 		Open: func(ctx context.Context) (transport.Conn, error) { return kafkatransport.New(ctx, o) },
 		// A group join on kfake takes about a second; a group-less
 		// subscription resolves its start offsets within milliseconds.
-		Settle:            1500 * time.Millisecond,
+		Settle:            200 * time.Millisecond,
 		Timeout:           30 * time.Second,
 		RedeliveryTimeout: 30 * time.Second,
 	}

@@ -37,6 +37,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 		// One handler at a time already keeps every order.
 		opts.OrderedByKey = false
 	}
+	t.log.Debug("kafkatransport: subscribing", "topic", topic, "group", opts.Group)
 	if err := t.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
@@ -62,6 +63,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	s.cctx, s.ccancel = context.WithCancel(context.WithoutCancel(ctx))
 
 	cfg := *t.cfg
+	cfg.Consumer.Group.Rebalance.GroupStrategies, _ = t.o.balance() // validated by New
 	cfg.Producer.Idempotent = false
 	cfg.Net.MaxOpenRequests = 5
 	// Bound what the client prefetches: per partition, one fetch of
@@ -196,6 +198,10 @@ func (s *subscription) stop(ctx context.Context) error {
 }
 
 func (s *subscription) drain(ctx context.Context) error {
+	began := time.Now()
+	defer func() {
+		s.t.log.Debug("kafkatransport: subscription stopped", "topic", s.topic, "group", s.group, "took", time.Since(began))
+	}()
 	if ctx.Err() != nil {
 		s.disp.Cancel()
 	}
@@ -328,7 +334,11 @@ func (s *subscription) runPartition(p int32, off int64) {
 
 type groupHandler struct{ s *subscription }
 
-func (g *groupHandler) Setup(sarama.ConsumerGroupSession) error { return nil }
+func (g *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
+	g.s.t.log.Debug("kafkatransport: group session started", "topic", g.s.topic, "group", g.s.group,
+		"generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims()[g.s.topic])
+	return nil
+}
 
 // Cleanup runs after every claim of the session returned, that is after
 // their in-flight messages settled: commit what they acknowledged before

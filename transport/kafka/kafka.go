@@ -293,23 +293,30 @@ func (t *Transport) ensureTopic(ctx context.Context, topic string) error {
 	if known {
 		return nil
 	}
-	exists, err := t.topicExists(topic)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !exists {
-		if t.o.NoCreateTopics {
-			return fmt.Errorf("%w: %q (create_topics=false)", ErrTopicMissing, topic)
-		}
-		if err := ctx.Err(); err != nil {
+	if t.o.NoCreateTopics {
+		exists, err := t.topicExists(topic)
+		if err != nil {
 			return err
 		}
+		if !exists {
+			return fmt.Errorf("%w: %q (create_topics=false)", ErrTopicMissing, topic)
+		}
+	} else {
+		// Creating straight away costs one round trip whether or not the
+		// topic exists (asking sarama's metadata first would retry an
+		// unknown topic for a second).
 		rf := int16(t.o.ReplicationFactor)
 		if rf <= 0 {
 			rf = -1
 		}
 		err := t.admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: int32(t.o.Partitions), ReplicationFactor: rf}, false)
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			if errors.Is(err, sarama.ErrClosedClient) && t.isClosed() {
+				return transport.ErrClosed
+			}
 			return t.wrap(fmt.Sprintf("create topic %q", topic), err)
 		}
 		// Wait until the metadata shows it, so producers and consumers
@@ -336,7 +343,20 @@ func (t *Transport) ensureTopic(ctx context.Context, topic string) error {
 }
 
 func (t *Transport) topicExists(topic string) (bool, error) {
-	err := t.client.RefreshMetadata(topic)
+	md, err := t.admin.DescribeTopics([]string{topic})
+	if err != nil {
+		if errors.Is(err, sarama.ErrClosedClient) {
+			return false, transport.ErrClosed
+		}
+		return false, t.wrap(fmt.Sprintf("metadata of %q", topic), err)
+	}
+	if len(md) != 1 || md[0].Err == sarama.ErrUnknownTopicOrPartition || len(md[0].Partitions) == 0 {
+		return false, nil
+	}
+	if md[0].Err != sarama.ErrNoError {
+		return false, t.wrap(fmt.Sprintf("metadata of %q", topic), md[0].Err)
+	}
+	err = t.client.RefreshMetadata(topic)
 	if err == nil {
 		ps, err := t.client.Partitions(topic)
 		return err == nil && len(ps) > 0, nil

@@ -247,16 +247,11 @@ func (o Options) config() (*sarama.Config, error) {
 	default:
 		return nil, fmt.Errorf("kafkatransport: compression %q: want none, gzip, snappy, lz4 or zstd", o.Compression)
 	}
-	switch o.Balance {
-	case "range":
-		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyRange()}
-	case "roundrobin":
-		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyRoundRobin()}
-	case "sticky":
-		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
-	default:
-		return nil, fmt.Errorf("kafkatransport: balance %q: want range, roundrobin or sticky", o.Balance)
+	bs, err := o.balance()
+	if err != nil {
+		return nil, err
 	}
+	c.Consumer.Group.Rebalance.GroupStrategies = bs
 	c.Metadata.AllowAutoTopicCreation = false // topics are created explicitly
 	c.Metadata.Retry.Max = 5
 	c.Metadata.Retry.Backoff = 200 * time.Millisecond
@@ -288,6 +283,20 @@ func (o Options) config() (*sarama.Config, error) {
 		return nil, fmt.Errorf("kafkatransport: configuration: %w", err)
 	}
 	return c, nil
+}
+
+// balance returns a new assignment strategy: sarama's sticky strategy keeps
+// state in the instance, so every consumer group gets its own.
+func (o Options) balance() ([]sarama.BalanceStrategy, error) {
+	switch o.Balance {
+	case "range":
+		return []sarama.BalanceStrategy{sarama.NewBalanceStrategyRange()}, nil
+	case "roundrobin":
+		return []sarama.BalanceStrategy{sarama.NewBalanceStrategyRoundRobin()}, nil
+	case "sticky":
+		return []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}, nil
+	}
+	return nil, fmt.Errorf("kafkatransport: balance %q: want range, roundrobin or sticky", o.Balance)
 }
 
 func init() { transport.Register("kafka", open); transport.Register("kafka+tls", open) }
