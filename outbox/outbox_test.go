@@ -926,3 +926,29 @@ func TestLongNames(t *testing.T) {
 	}
 	s.waitN(t, 1, 10*time.Second) // woken by NOTIFY
 }
+
+// A transport error text that PostgreSQL text cannot hold (NUL, invalid
+// UTF-8) is cleaned before it is stored in last_error.
+func TestUnstorableErrorText(t *testing.T) {
+	e := newEnv(t, 0)
+	w := e.outbox(t, outbox.Options{})
+	tr, _ := memSink(t, "t")
+	f := &errPub{Publisher: tr, err: errors.New("bad \x00 bytes \xff\xfe here")}
+	e.startRelay(t, f, outbox.RelayOptions{PollInterval: 20 * time.Millisecond, RetryMin: time.Hour})
+	e.writeRows(t, w, "t", 1, 0, 1)
+	waitFor(t, 10*time.Second, "failure recorded", func() bool { return e.count(t, "attempts = 1") == 1 })
+	var last string
+	if err := e.conn.QueryRow(context.Background(), "SELECT last_error FROM "+e.tables.Schema+".courier_outbox").Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(last, "bad  bytes") {
+		t.Errorf("last_error %q", last)
+	}
+}
+
+type errPub struct {
+	transport.Publisher
+	err error
+}
+
+func (p *errPub) Publish(context.Context, string, ...*message.Message) error { return p.err }

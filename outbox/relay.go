@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -616,7 +617,8 @@ func errText(err error) string {
 	if len(s) > 2000 {
 		s = s[:2000]
 	}
-	return s
+	// last_error is text: no NUL, valid UTF-8 (the cut may split a rune).
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 }
 
 // permanentPublishErr reports errors that a retry cannot fix.
