@@ -265,7 +265,9 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 			attrs[k] = v
 		}
 		attrs[idAttr] = m.ID
-		pm := &pubsub.Message{Data: m.Payload, Attributes: attrs, OrderingKey: m.Key}
+		// Copy the payload: when ctx ends, Publish returns while the client
+		// may still be sending, and the caller may reuse its buffer.
+		pm := &pubsub.Message{Data: append([]byte(nil), m.Payload...), Attributes: attrs, OrderingKey: m.Key}
 		// Encoding adds at most 10 bytes per attribute and 16 for data and
 		// key; measure exactly only when that bound does not fit.
 		if transport.Size(m)+10*len(attrs)+16 > room {
