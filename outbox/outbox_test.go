@@ -777,7 +777,7 @@ func TestHooks(t *testing.T) {
 	}
 }
 
-var _ = pgx.Identifier{}
+
 
 // The per-key lock: a transaction writing a key waits for an open one that
 // wrote the same key, so the key's rows commit in sequence order and are
@@ -952,3 +952,40 @@ type errPub struct {
 }
 
 func (p *errPub) Publish(context.Context, string, ...*message.Message) error { return p.err }
+
+// A relay whose database is unreachable keeps retrying, reports the errors
+// without the password, and stops on Close. NewRelayConfig takes a parsed
+// configuration.
+func TestRelayUnreachableDatabase(t *testing.T) {
+	tr, _ := memSink(t, "t")
+	cfg, err := pgx.ParseConfig("postgres://user:s3cretpw@127.0.0.1:1/db?connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 100)
+	r, err := outbox.NewRelayConfig(cfg, tr, outbox.RelayOptions{Hooks: outbox.Hooks{OnError: func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if strings.Contains(err.Error(), "s3cretpw") {
+				t.Fatalf("password in error: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no error reported")
+		}
+	}
+	r.Close()
+	if err := <-done; err != outbox.ErrRelayClosed {
+		t.Fatalf("Run: %v", err)
+	}
+}

@@ -115,7 +115,8 @@ type Counters struct {
 // whole partitions with FOR UPDATE SKIP LOCKED, so no two relays publish
 // the same row and each key is published in order by one relay at a time.
 type Relay struct {
-	connString string
+	cfg        *pgx.ConnConfig // copied for each connection
+	secretStrs []string        // never shown in errors and logs
 	pub        transport.Publisher
 	opts       RelayOptions
 	n          names
@@ -135,6 +136,22 @@ type Relay struct {
 // PostgreSQL URL or DSN, as pgx.ParseConfig takes) and publishes to pub.
 // It connects when Run starts. The relay does not close pub.
 func NewRelay(connString string, pub transport.Publisher, opts RelayOptions) (*Relay, error) {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: relay connection string: %s", transport.RedactSecrets(err.Error(), connString))
+	}
+	r, err := NewRelayConfig(cfg, pub, opts)
+	if err != nil {
+		return nil, err
+	}
+	r.secretStrs = append(r.secretStrs, connString)
+	return r, nil
+}
+
+// NewRelayConfig is NewRelay with a parsed pgx configuration (for TLS
+// settings, a password from a secret store, connection hooks). The relay
+// copies it for each connection it opens and does not change it.
+func NewRelayConfig(cfg *pgx.ConnConfig, pub transport.Publisher, opts RelayOptions) (*Relay, error) {
 	n, err := opts.Tables.resolve()
 	if err != nil {
 		return nil, err
@@ -142,8 +159,8 @@ func NewRelay(connString string, pub transport.Publisher, opts RelayOptions) (*R
 	if pub == nil {
 		return nil, errors.New("outbox: relay needs a publisher")
 	}
-	if _, err := pgx.ParseConfig(connString); err != nil {
-		return nil, fmt.Errorf("outbox: relay connection string: %s", transport.RedactSecrets(err.Error(), connString))
+	if cfg == nil {
+		return nil, errors.New("outbox: relay needs a connection configuration")
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 500
@@ -174,7 +191,7 @@ func NewRelay(connString string, pub transport.Publisher, opts RelayOptions) (*R
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Relay{
-		connString: connString, pub: pub, opts: opts, n: n,
+		cfg: cfg.Copy(), pub: pub, opts: opts, n: n,
 		log:      log.With("component", "outbox.relay", "table", n.channel),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
@@ -286,11 +303,7 @@ func (r *Relay) Close() error {
 func (r *Relay) connect(ctx context.Context, what string) (*pgx.Conn, error) {
 	delay := 100 * time.Millisecond
 	for {
-		cfg, err := pgx.ParseConfig(r.connString)
-		if err != nil {
-			return nil, err
-		}
-		c, err := pgx.ConnectConfig(ctx, cfg)
+		c, err := pgx.ConnectConfig(ctx, r.cfg.Copy())
 		if err == nil {
 			return c, nil
 		}
@@ -307,9 +320,9 @@ func (r *Relay) connect(ctx context.Context, what string) (*pgx.Conn, error) {
 
 // secrets are the strings never to show in errors and logs.
 func (r *Relay) secrets() []string {
-	s := []string{r.connString}
-	if cfg, err := pgx.ParseConfig(r.connString); err == nil && cfg.Password != "" {
-		s = append(s, cfg.Password)
+	s := r.secretStrs
+	if r.cfg.Password != "" {
+		s = append(s[:len(s):len(s)], r.cfg.Password)
 	}
 	return s
 }
