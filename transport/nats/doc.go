@@ -57,8 +57,8 @@
 // windows of PublishAsyncMaxPending/2 with every acknowledgement awaited. A
 // message is never reported published unless the server stored it. Each
 // acknowledgement is awaited at most APITimeout (5s) beyond which the call
-// fails (for example when the connection dropped with the publish in
-// flight); a retry is safe, because Message.ID travels as Nats-Msg-Id and the
+// fails with ErrNoAck (for example when the connection dropped with the
+// publish in flight); a retry is safe, because Message.ID travels as Nats-Msg-Id and the
 // stream drops a message whose ID it stored within its duplicate window
 // (the retry is acknowledged as a duplicate). During a reconnect, publishes
 // are buffered by nats.go (ReconnectBufSize) and succeed once the server
@@ -190,7 +190,9 @@
 // transport.ErrClosed; a cancelled ctx comes back as ctx.Err() itself.
 // ErrNameConflict reports courier names that collide on NATS names or an
 // existing stream or consumer that does not fit; ErrInvalidOption bad
-// Options or URL parameters; ErrNoRedelivery a nack in core mode. Errors
+// Options or URL parameters; ErrNoAck a publish JetStream did not
+// acknowledge within APITimeout (retry it: the ID de-duplicates);
+// ErrNoRedelivery a nack in core mode. Errors
 // from nats.go and jetstream stay reachable with errors.Is and errors.As
 // (nats.ErrNoServers, nats.ErrAuthorization, jetstream.ErrNoStreamResponse,
 // *jetstream.APIError...). Passwords, tokens and user-info never appear in

@@ -28,6 +28,11 @@ var (
 	// ErrNoRedelivery is returned by a nack in core NATS mode, which
 	// cannot deliver a message again; the Dispatcher logs it.
 	ErrNoRedelivery = errors.New("natstransport: core NATS cannot redeliver; message dropped")
+	// ErrNoAck: JetStream did not acknowledge a publish within
+	// Options.APITimeout (typically a connection lost with the publish in
+	// flight). The message may or may not be stored; publishing it again
+	// with the same ID is safe within the stream's duplicate window.
+	ErrNoAck = errors.New("natstransport: no publish acknowledgement")
 )
 
 // Transport is a courier connection to a NATS server, in JetStream mode
@@ -396,11 +401,19 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 	// little per message of a batch) turns that into an error the caller
 	// can retry (the IDs make a retry safe) instead of a hang until the
 	// caller's deadline.
-	ctx, cancel := context.WithTimeout(ctx, t.o.APITimeout+time.Duration(len(nm)-1)*time.Millisecond)
+	wait := t.o.APITimeout + time.Duration(len(nm)-1)*time.Millisecond
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	noAck := func(i int, err error) error {
+		if parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%w for message %d to %q within %s (it may or may not be stored; a retry with the same ID is de-duplicated): %w", ErrNoAck, i, nm[i].Subject, wait, err)
+		}
+		return t.wrap(fmt.Sprintf("natstransport: publish message %d to %q", i, nm[i].Subject), err)
+	}
 	if len(nm) == 1 {
 		if _, err := t.js.PublishMsg(ctx, nm[0]); err != nil {
-			return t.wrap(fmt.Sprintf("natstransport: publish to %q", nm[0].Subject), err)
+			return noAck(0, err)
 		}
 		return nil
 	}
@@ -425,9 +438,9 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 			select {
 			case <-f.Ok():
 			case err := <-f.Err():
-				errs = append(errs, t.wrap(fmt.Sprintf("natstransport: publish message %d to %q", start+j, nm[start+j].Subject), err))
+				errs = append(errs, noAck(start+j, err))
 			case <-ctx.Done():
-				return t.wrap(fmt.Sprintf("natstransport: publish message %d to %q: no acknowledgement", start+j, nm[start+j].Subject), ctx.Err())
+				return noAck(start+j, ctx.Err())
 			}
 		}
 		if len(errs) > 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
@@ -395,13 +396,13 @@ func TestMaxPayload(t *testing.T) {
 func TestBadURL(t *testing.T) {
 	ctx := ctxT(t, 5*time.Second)
 	cases := map[string]string{
-		"nats://u:s3cr3tpw@127.0.0.1:4222?bogus=1":           "unknown parameter bogus",
-		"nats://127.0.0.1:4222?max_age=forever":              "max_age",
-		"nats://127.0.0.1:4222?storage=tape":                 "storage",
-		"nats://127.0.0.1:4222?replicas=-1":                  "replicas",
-		"nats://127.0.0.1:4222?token=s3cr3tpw&token=x":       "given 2 times",
-		"nats://127.0.0.1:4222/orders":                       "path",
-		"nats://127.0.0.1:4222?stream=bad.name":              "stream",
+		"nats://u:s3cr3tpw@127.0.0.1:4222?bogus=1":            "unknown parameter bogus",
+		"nats://127.0.0.1:4222?max_age=forever":               "max_age",
+		"nats://127.0.0.1:4222?storage=tape":                  "storage",
+		"nats://127.0.0.1:4222?replicas=-1":                   "replicas",
+		"nats://127.0.0.1:4222?token=s3cr3tpw&token=x":        "given 2 times",
+		"nats://127.0.0.1:4222/orders":                        "path",
+		"nats://127.0.0.1:4222?stream=bad.name":               "stream",
 		"nats+tls://127.0.0.1:4222?tls_cert=/nonexistent.pem": "tls_cert and tls_key",
 	}
 	for raw, want := range cases {
@@ -813,5 +814,83 @@ func TestShutdownAcks(t *testing.T) {
 	}
 	if err := tr.Publish(ctx, "sd", message.New(nil)); !errors.Is(err, transport.ErrClosed) {
 		t.Errorf("Publish after Shutdown: %v", err)
+	}
+}
+
+// TestPublishDuringOutage: with the server down a publish fails (ctx or
+// ack timeout) rather than reporting success; after the server is back
+// the same connection publishes again and what it reported stored is
+// there.
+func TestPublishDuringOutage(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL(), ReconnectWait: 50 * time.Millisecond, APITimeout: time.Second})
+	ctx := ctxT(t, 30*time.Second)
+	if err := tr.Declare(ctx, "outage", transport.SubscribeOptions{Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "outage", &message.Message{ID: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.stop()
+	start := time.Now()
+	err := tr.Publish(ctx, "outage", &message.Message{ID: "during"})
+	if err == nil {
+		t.Fatal("publish with the server down reported success")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("publish during the outage took %v (api_timeout 1s)", d)
+	}
+	if !errors.Is(err, natstransport.ErrNoAck) {
+		t.Errorf("publish during the outage: %v, want ErrNoAck", err)
+	}
+	t.Logf("publish during the outage: %v", err)
+	if err := srv.start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "publish after the restart", func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return tr.Publish(pctx, "outage", &message.Message{ID: "after"}) == nil
+	})
+	s, err := jsOf(t, tr).Stream(ctx, "COURIER_outage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"before", "after"} {
+		found := false
+		info, _ := s.Info(ctx)
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && !found; seq++ {
+			m, err := s.GetMsg(ctx, seq)
+			found = err == nil && m.Header.Get(jetstream.MsgIDHeader) == id
+		}
+		if !found {
+			t.Errorf("message %s reported stored is not in the stream", id)
+		}
+	}
+}
+
+// TestNKeyAuth: an NKey seed file authenticates.
+func TestNKeyAuth(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+	c, err := transport.Open(ctxT(t, 5*time.Second), srv.URL()+"?nkey_seed="+url.QueryEscape(seedFile))
+	if err != nil {
+		t.Fatalf("nkey auth: %v", err)
+	}
+	defer c.Close()
+	if err := c.Publish(ctxT(t, 5*time.Second), "nk", message.New([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transport.Open(ctxT(t, 5*time.Second), srv.URL()); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("without the seed: %v, want nats.ErrAuthorization", err)
 	}
 }
