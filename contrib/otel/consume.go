@@ -90,7 +90,7 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 
 func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions) error {
 	tracing := i.tracing()
-	measure := i.consumerMetrics(ctx)
+	measure := i.metering()
 	if !tracing && !measure {
 		// Nothing to record: pass the trace context through, as no-op
 		// spans would, and nothing else.
@@ -192,12 +192,6 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	}
 	span.End()
 	return err
-}
-
-// consumerMetrics reports whether any consumer-side instrument records.
-func (i *Instrumentation) consumerMetrics(ctx context.Context) bool {
-	return i.consumed.Enabled(ctx) || i.processDur.Enabled(ctx) || i.redelivered.Enabled(ctx) ||
-		i.retries.Enabled(ctx) || i.deadLetters.Enabled(ctx) || i.duplicates.Enabled(ctx)
 }
 
 // Conn returns c with Publish traced as by Publisher and every Subscribe's

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
@@ -104,6 +105,10 @@ type Instrumentation struct {
 	tpNoop      bool
 	global      bool
 	unsetGlobal trace.TracerProvider
+	// The same for the MeterProvider.
+	mpNoop       bool
+	mglobal      bool
+	unsetMGlobal metric.MeterProvider
 	prop        propagation.TextMapPropagator
 	system      string
 	log         *slog.Logger
@@ -140,7 +145,8 @@ func New(opts Options) (*Instrumentation, error) {
 		tp = otel.GetTracerProvider()
 	}
 	mp := opts.MeterProvider
-	if mp == nil {
+	mglobal := mp == nil
+	if mglobal {
 		mp = otel.GetMeterProvider()
 	}
 	i := &Instrumentation{
@@ -161,6 +167,14 @@ func New(opts Options) (*Instrumentation, error) {
 		}
 	} else {
 		_, i.tpNoop = tp.(tracenoop.TracerProvider)
+	}
+	if mglobal {
+		i.mglobal = true
+		if reflect.TypeOf(mp).String() == "*global.meterProvider" {
+			i.unsetMGlobal = mp
+		}
+	} else {
+		_, i.mpNoop = mp.(metricnoop.MeterProvider)
 	}
 	if i.log == nil {
 		i.log = slog.New(slog.DiscardHandler)
@@ -231,6 +245,22 @@ func (i *Instrumentation) tracing() bool {
 		return false
 	}
 	_, isNoop := tp.(tracenoop.TracerProvider)
+	return !isNoop
+}
+
+// metering reports whether metrics can be recorded: false with a no-op
+// MeterProvider, or with the global one while no SDK was installed, so the
+// hot path neither reads the clock nor looks up attribute sets. (The
+// instruments' own Enabled would tell as much, one call per instrument.)
+func (i *Instrumentation) metering() bool {
+	if !i.mglobal {
+		return !i.mpNoop
+	}
+	mp := otel.GetMeterProvider()
+	if i.unsetMGlobal != nil && mp == i.unsetMGlobal {
+		return false
+	}
+	_, isNoop := mp.(metricnoop.MeterProvider)
 	return !isNoop
 }
 

@@ -86,7 +86,7 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 			m.ID = message.NewID()
 		}
 	}
-	measure := i.sent.Enabled(ctx) || i.opDur.Enabled(ctx)
+	measure := i.metering()
 	var start time.Time
 	if measure {
 		start = time.Now()
@@ -104,10 +104,10 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 			}
 		}
 		err := next.Publish(ctx, topic, out...)
-		if err == nil {
-			i.noteDeadLetters(ctx, topic, msgs)
-		}
 		if measure {
+			if err == nil {
+				i.noteDeadLetters(ctx, topic, msgs)
+			}
 			i.measureSend(ctx, start, system, topic, len(msgs), err)
 		}
 		return err
