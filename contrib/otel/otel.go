@@ -109,10 +109,10 @@ type Instrumentation struct {
 	mpNoop       bool
 	mglobal      bool
 	unsetMGlobal metric.MeterProvider
-	prop        propagation.TextMapPropagator
-	system      string
-	log         *slog.Logger
-	meter       metric.Meter
+	prop         propagation.TextMapPropagator
+	system       string
+	log          *slog.Logger
+	meter        metric.Meter
 
 	sent        metric.Int64Counter
 	consumed    metric.Int64Counter
