@@ -45,8 +45,12 @@ func Logging(opts LoggingOptions) message.Middleware {
 	if dead == 0 {
 		dead = slog.LevelError
 	}
+	lowest := min(succ, fail, dead)
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if !log.Enabled(ctx, lowest) {
+				return next.Handle(ctx, m) // nothing would be logged: no cost
+			}
 			n := &note{}
 			start := time.Now()
 			err := next.Handle(context.WithValue(ctx, noteKey{}, n), m)
