@@ -386,3 +386,83 @@ func BenchmarkEndToEnd(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDrainSideBySide drains two equal backlogs, raw and adapter,
+// alternating chunks of 1000 messages (each side pauses while the other
+// runs, holding at most its prefetch), and reports both rates and their
+// ratio.
+func BenchmarkDrainSideBySide(b *testing.B) {
+	url := brokerURL(b)
+	const chunk = 1000
+	for _, sz := range benchSizes {
+		payload := make([]byte, sz.size)
+		b.Run(sz.name, func(b *testing.B) {
+			rawTopic, rawQueue := benchTopic(b, url)
+			adTopic, _ := benchTopic(b, url)
+			pub := rawConfirmChannel(b, url)
+			// Fill both backlogs alike (interleaved), so neither queue is
+			// further paged out than the other.
+			for done := 0; done < b.N; done += chunk {
+				rawPublish(b, pub, rawTopic, min(chunk, b.N-done), payload)
+				rawPublish(b, pub, adTopic, min(chunk, b.N-done), payload)
+			}
+
+			_, ch := rawChannel(b, url)
+			if err := ch.Qos(benchPrefetch, 0, false); err != nil {
+				b.Fatal(err)
+			}
+			dl, err := ch.Consume(rawQueue, "bench", false, false, false, false, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr := openT(b, Options{URL: url})
+			gate := make(chan struct{}) // lets the adapter's handler take one chunk
+			chunkDone := make(chan struct{})
+			var handled atomic.Int64
+			ctx, cancel := context.WithCancel(context.Background())
+			subDone := make(chan error, 1)
+			go func() {
+				subDone <- tr.Subscribe(ctx, adTopic, message.HandlerFunc(func(hctx context.Context, _ *message.Message) error {
+					n := handled.Add(1)
+					if n%chunk == 1 { // first of a chunk: wait for the go
+						select {
+						case <-gate:
+						case <-hctx.Done():
+							return hctx.Err()
+						}
+					}
+					if n%chunk == 0 || n == int64(b.N) {
+						chunkDone <- struct{}{}
+					}
+					return nil
+				}), transport.SubscribeOptions{Group: "g", MaxInFlight: benchPrefetch})
+			}()
+			var rawT, adT time.Duration
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				k := min(chunk, b.N-done)
+				start := time.Now()
+				for range k {
+					d := <-dl
+					if err := d.Ack(false); err != nil {
+						b.Fatal(err)
+					}
+				}
+				mid := time.Now()
+				gate <- struct{}{}
+				<-chunkDone
+				adT += time.Since(mid)
+				rawT += mid.Sub(start)
+				done += k
+			}
+			b.StopTimer()
+			cancel()
+			<-subDone
+			_ = ch.Cancel("bench", false)
+			raw, ad := float64(b.N)/rawT.Seconds(), float64(b.N)/adT.Seconds()
+			b.ReportMetric(raw, "raw-msg/s")
+			b.ReportMetric(ad, "adapter-msg/s")
+			b.ReportMetric(100*ad/raw, "adapter-%")
+		})
+	}
+}

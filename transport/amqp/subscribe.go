@@ -459,8 +459,11 @@ func (t *Transport) republish(ctx context.Context, queue string, dv amqp.Deliver
 		Headers: h, ContentType: dv.ContentType, ContentEncoding: dv.ContentEncoding,
 		DeliveryMode: amqp.Persistent, Priority: dv.Priority, CorrelationId: dv.CorrelationId,
 		ReplyTo: dv.ReplyTo, MessageId: dv.MessageId, Timestamp: dv.Timestamp, Type: dv.Type,
-		UserId: dv.UserId, AppId: dv.AppId, Body: dv.Body,
+		AppId: dv.AppId, Body: dv.Body,
 	}
+	// Not copied: user-id (the broker checks it against this
+	// connection's user and would refuse a foreign one) and expiration
+	// (a per-message TTL would cut the retry queue's delay short).
 	target := queue
 	if delay > 0 {
 		var err error
