@@ -193,10 +193,34 @@
 //
 // # Performance
 //
-// Measured on the project's machine (2 cores shared with other jobs,
-// RabbitMQ 3.10.8 on the same host, persistent messages, confirms,
-// prefetch 64, batches of 100 per Publish), go test -bench, see
-// bench_test.go and the closing note for the exact runs:
+// Measured 2026-11-22 on the project's machine: 2 cores (Intel Xeon),
+// shared with ~8 other engineers' builds and tests (load average 10-13
+// during the runs, so single figures swing by ±30%), RabbitMQ 3.10.8 on
+// the same host, persistent messages, durable classic queue, publisher
+// confirms, mandatory, prefetch 64, batches of 100 messages per Publish,
+// -benchtime 20000x, three runs each (see bench_test.go):
 //
-//	FIGURES
+//	go test -run '^$' -bench 'SideBySide' -benchtime 20000x -count 3 ./transport/amqp/
+//
+//	                       raw amqp091-go   adapter        adapter/raw
+//	publish 16 B           3.4k-5.0k msg/s  3.4k-4.4k      88%, 99%, 103%
+//	publish 1 KiB          3.3k-5.4k msg/s  3.9k-4.2k      71%, 100%, 125%
+//	drain 16 B             20.7k-25.4k      18.0k-25.3k    87%, 96%, 101%
+//	drain 1 KiB            9.3k-13.3k       9.4k-13.9k     100%, 105%, 105%
+//
+// The side-by-side benchmarks alternate raw and adapter in chunks of 1000
+// messages within one run so that load from elsewhere hits both alike;
+// the medians are at or above 96% of raw in all four. The broker, not the
+// client, is the bottleneck: a CPU profile of the adapter shows the test
+// process busy ~3% (publish) and ~11% (drain) of the time.
+//
+// End to end (conformance.Bench: 4 publishers, batches of 100, one
+// subscription, publish → handler → ack): 5.4k-6.4k msg/s at 16 B and
+// 3.8k-4.3k msg/s at 1 KiB, 77 allocations per message.
+//
+// Latency at a fixed offered rate of 1000 msg/s (one message per Publish
+// from 8 publishers, measured from each message's scheduled send time to
+// its handler): p50 1.3-1.6 ms for the adapter against 1.1-2.9 ms raw;
+// p99 25-450 ms for both, set by the other jobs' load spikes on the
+// machine (a quiet run gave p99 18 ms adapter, 31 ms raw).
 package amqptransport
