@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	courierotel "github.com/courierkit/courier/contrib/otel"
+	"github.com/courierkit/courier/contrib/otel/otelamqp"
+	"github.com/courierkit/courier/contrib/otel/otelkafka"
 	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -56,8 +58,16 @@ func TestTraceAcrossThreeServicesNATS(t *testing.T) {
 func TestTraceAcrossThreeServicesRabbitMQ(t *testing.T) {
 	url := testenv.FindRabbitMQ(t)
 	orders, payments := unique("otel-orders"), unique("otel-payments")
-	r := runChain(t, "rabbitmq", openURL(url), orders, payments)
+	r := runChain(t, "rabbitmq", openURL(url), orders, payments, courierotel.Options{Attributes: otelamqp.Attributes})
 	checkChain(t, "rabbitmq", r, orders, payments)
+	// From the amqp091.Delivery, by otelamqp.
+	po := findSpan(r.spans, "process "+orders)
+	if _, ok := attrOf(po, "messaging.rabbitmq.destination.routing_key"); !ok {
+		t.Error("no routing key attribute")
+	}
+	if v, ok := attrOf(po, "messaging.rabbitmq.message.delivery_tag"); !ok || v.AsInt64() < 1 {
+		t.Errorf("delivery tag attribute %v, %v", v.AsInterface(), ok)
+	}
 }
 
 // kafkaURL starts an in-process kfake cluster (the Kafka protocol, real
@@ -78,10 +88,19 @@ func kafkaURL(t testing.TB) string {
 func TestTraceAcrossThreeServicesKafka(t *testing.T) {
 	url := kafkaURL(t)
 	orders, payments := unique("otel-orders"), unique("otel-payments")
-	r := runChain(t, "kafka", openURL(url), orders, payments)
+	r := runChain(t, "kafka", openURL(url), orders, payments, courierotel.Options{Attributes: otelkafka.Attributes})
 	checkChain(t, "kafka", r, orders, payments)
 	wantAttr(t, findSpan(r.spans, "send "+orders), "messaging.kafka.message.key", "customer-7")
-	wantAttr(t, findSpan(r.spans, "process "+orders), "messaging.kafka.message.key", "customer-7")
+	po := findSpan(r.spans, "process "+orders)
+	wantAttr(t, po, "messaging.kafka.message.key", "customer-7")
+	// From the *sarama.ConsumerMessage, by otelkafka.
+	if _, ok := attrOf(po, "messaging.destination.partition.id"); !ok {
+		t.Error("no partition attribute")
+	}
+	if v, ok := attrOf(po, "messaging.kafka.offset"); !ok || v.AsInt64() < 0 {
+		t.Errorf("offset attribute %v, %v", v.AsInterface(), ok)
+	}
+	wantNoAttr(t, po, "messaging.kafka.message.tombstone")
 }
 
 // Lag on the real adapters: where the adapter implements

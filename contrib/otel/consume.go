@@ -41,10 +41,8 @@ type ConsumerOptions struct {
 	MaxAttempts     int
 	DeadLetterTopic string
 	// Attributes adds span attributes of your own per message, such as
-	// broker-specific ones read from the native message (m.As):
-	// messaging.destination.partition.id and messaging.kafka.offset from
-	// a *sarama.ConsumerMessage, messaging.rabbitmq.destination.routing_key
-	// from an amqp.Delivery. Default: nil.
+	// broker-specific ones read from the native message (m.As); see the
+	// otelkafka and otelamqp subpackages. Default: Options.Attributes.
 	Attributes func(ctx context.Context, m *message.Message) []attribute.KeyValue
 	// LinkOnly starts each process span in the handler's own trace (or a
 	// new one) with a link to the producer's span, instead of as its
@@ -80,6 +78,9 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 	system := o.System
 	if system == "" {
 		system = i.systemFor(nil)
+	}
+	if o.Attributes == nil {
+		o.Attributes = i.attrs
 	}
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {

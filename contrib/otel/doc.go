@@ -46,10 +46,19 @@
 //     deliveries).
 //
 // Broker-specific attributes: messaging.kafka.message.key on Kafka and
-// messaging.gcp_pubsub.message.ordering_key on Pub/Sub from Message.Key.
-// Partition, offset, routing key and other facts of the native message
-// need its SDK type; add them with ConsumerOptions.Attributes and m.As
-// (this package does not import broker SDKs).
+// messaging.gcp_pubsub.message.ordering_key on Pub/Sub come from
+// Message.Key. What only the native message knows needs its SDK type,
+// which this package does not import; the subpackages read it through
+// Message.As and plug into Options.Attributes (or
+// ConsumerOptions.Attributes):
+//
+//   - otelkafka.Attributes: messaging.destination.partition.id,
+//     messaging.kafka.offset, messaging.kafka.message.tombstone;
+//   - otelamqp.Attributes: messaging.rabbitmq.destination.routing_key,
+//     messaging.rabbitmq.message.delivery_tag.
+//
+// The producer side has no partition or offset: Publish does not report
+// them.
 //
 // Outcomes: a handler error sets the span status to Error with the error
 // recorded (an "exception" event) and error.type, plus courier.outcome

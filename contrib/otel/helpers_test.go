@@ -239,14 +239,18 @@ type chainResult struct {
 // topic payments; service C (shipping, group shipping) handles that. Each
 // service has its own TracerProvider (one shared recorder), so trace
 // context can only travel in message headers.
-func runChain(t *testing.T, system string, open func(t *testing.T) transport.Conn, orders, payments string) chainResult {
+func runChain(t *testing.T, system string, open func(t *testing.T) transport.Conn, orders, payments string, opts ...courierotel.Options) chainResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sr := tracetest.NewSpanRecorder()
-	instA, _ := newInst(t, sr, courierotel.Options{})
-	instB, _ := newInst(t, sr, courierotel.Options{})
-	instC, _ := newInst(t, sr, courierotel.Options{})
+	var o courierotel.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	instA, _ := newInst(t, sr, o)
+	instB, _ := newInst(t, sr, o)
+	instC, _ := newInst(t, sr, o)
 
 	connA := instA.Conn(open(t))
 	connB := instB.Conn(open(t))

@@ -86,6 +86,12 @@ type Options struct {
 	// wrapped transport's package by SystemOf (kafka, rabbitmq, nats,
 	// aws_sqs, gcp_pubsub, mem), "courier" where it cannot tell.
 	System string
+	// Attributes adds span attributes of your own to every process span,
+	// typically the broker-specific ones read from the native message:
+	// otelkafka.Attributes (partition, offset) and otelamqp.Attributes
+	// (routing key, delivery tag) in the subpackages. A middleware's
+	// ConsumerOptions.Attributes takes precedence. Default: nil.
+	Attributes func(ctx context.Context, m *message.Message) []attribute.KeyValue
 	// Logger receives lag polling failures (Warn, once per target until it
 	// recovers). Nothing is logged per message. Default: nil, which
 	// discards.
@@ -111,6 +117,7 @@ type Instrumentation struct {
 	unsetMGlobal metric.MeterProvider
 	prop         propagation.TextMapPropagator
 	system       string
+	attrs        func(context.Context, *message.Message) []attribute.KeyValue
 	log          *slog.Logger
 	meter        metric.Meter
 
@@ -153,6 +160,7 @@ func New(opts Options) (*Instrumentation, error) {
 		tracer: tp.Tracer(ScopeName, trace.WithInstrumentationVersion(Version), trace.WithSchemaURL(semconv.SchemaURL)),
 		prop:   opts.Propagator,
 		system: opts.System,
+		attrs:  opts.Attributes,
 		log:    opts.Logger,
 		meter:  mp.Meter(ScopeName, metric.WithInstrumentationVersion(Version), metric.WithSchemaURL(semconv.SchemaURL)),
 	}
