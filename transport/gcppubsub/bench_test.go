@@ -10,6 +10,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,22 +114,24 @@ func BenchmarkPublish(b *testing.B) {
 				}
 				return tr.Publish(context.Background(), topic, msgs...)
 			}
-			var rawT, adT time.Duration
+			var rawT, adT, rawCPU, adCPU time.Duration
 			b.ResetTimer()
 			for done := 0; done < b.N; {
 				k := min(1000, b.N-done)
 				// Alternate which side goes first, so neither always runs
 				// right after the other's publishes.
-				first, second, ft, st := raw, adapter, &rawT, &adT
+				first, second, ft, st, fc, sc := raw, adapter, &rawT, &adT, &rawCPU, &adCPU
 				if (done/1000)%2 == 1 {
-					first, second, ft, st = adapter, raw, &adT, &rawT
+					first, second, ft, st, fc, sc = adapter, raw, &adT, &rawT, &adCPU, &rawCPU
 				}
-				t0 := time.Now()
+				t0, c0 := time.Now(), cpuTime()
 				parallel(b, k, shape.publishers, shape.batch, first)
-				t1 := time.Now()
+				t1, c1 := time.Now(), cpuTime()
 				parallel(b, k, shape.publishers, shape.batch, second)
 				*ft += t1.Sub(t0)
 				*st += time.Since(t1)
+				*fc += c1 - c0
+				*sc += cpuTime() - c1
 				done += k
 			}
 			b.StopTimer()
@@ -137,8 +140,19 @@ func BenchmarkPublish(b *testing.B) {
 			b.ReportMetric(rawRate, "raw-msg/s")
 			b.ReportMetric(adRate, "adapter-msg/s")
 			b.ReportMetric(100*adRate/rawRate, "adapter/raw-%")
+			// CPU time of the whole process (client and in-process pstest)
+			// per message: less sensitive to other load than wall time.
+			b.ReportMetric(float64(rawCPU.Microseconds())/float64(b.N), "raw-cpu-µs/msg")
+			b.ReportMetric(float64(adCPU.Microseconds())/float64(b.N), "adapter-cpu-µs/msg")
 		})
 	}
+}
+
+// cpuTime is the process's user plus system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // parallel runs total messages through publish from publishers

@@ -591,3 +591,41 @@ func TestMaxAttemptsNeedsAttemptCount(t *testing.T) {
 		t.Errorf("Subscribe with MaxAttempts = %v, want ErrUnsupported", err)
 	}
 }
+
+// TestSubscriptionSettings: Declare creates the group's subscription with
+// the ack deadline, ordering, retention, retry and dead-letter policies
+// asked for, and no expiration. (pstest stores the retry policy but does
+// not apply it.)
+func TestSubscriptionSettings(t *testing.T) {
+	addr := emulator(t)
+	o := testOptions(addr)
+	o.Retention = time.Hour
+	o.MinBackoff, o.MaxBackoff = 10*time.Second, time.Minute
+	o.DeadLetterTopic = name("dl")
+	o.MaxDeliveryAttempts = 7
+	tr := open(t, o)
+	ctx := ctxT(t)
+	topic := name("set")
+	if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: "g", AckWait: 20 * time.Second, OrderedByKey: true}); err != nil {
+		t.Fatal(err)
+	}
+	var client *pubsub.Client
+	tr.As(&client)
+	s, err := client.SubscriptionAdminClient.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: "projects/" + project + "/subscriptions/" + topic + ".g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.GetTopic() != "projects/"+project+"/topics/"+topic || s.GetAckDeadlineSeconds() != 20 || !s.GetEnableMessageOrdering() ||
+		s.GetMessageRetentionDuration().AsDuration() != time.Hour ||
+		s.GetRetryPolicy().GetMinimumBackoff().AsDuration() != 10*time.Second || s.GetRetryPolicy().GetMaximumBackoff().AsDuration() != time.Minute ||
+		s.GetDeadLetterPolicy().GetDeadLetterTopic() != "projects/"+project+"/topics/"+o.DeadLetterTopic || s.GetDeadLetterPolicy().GetMaxDeliveryAttempts() != 7 ||
+		s.GetExpirationPolicy() == nil || s.GetExpirationPolicy().GetTtl() != nil {
+		t.Errorf("subscription created as %v", s)
+	}
+	// Another dead-letter policy on the same group is a conflict.
+	o2 := o
+	o2.MaxDeliveryAttempts = 9
+	if err := open(t, o2).Declare(ctx, topic, transport.SubscribeOptions{Group: "g"}); !errors.Is(err, gcppubsubtransport.ErrConflict) {
+		t.Errorf("declare with another dead-letter policy: %v, want ErrConflict", err)
+	}
+}
