@@ -24,38 +24,40 @@ func TestMemoryStore(t *testing.T) {
 func TestMemoryStoreBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := t.Context()
-		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: 3})
-		for _, k := range []string{"a", "b", "c"} {
+		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: 4}) // generations of 2
+		done := func(k string) {
 			if st, _ := s.Claim(ctx, k, "t", time.Minute); st != middleware.Claimed {
 				t.Fatalf("claim %s: %v", k, st)
 			}
 			if err := s.Done(ctx, k, "t", time.Hour); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(time.Second) // a expires first, then b, then c
 		}
-		if st, _ := s.Claim(ctx, "d", "t", time.Minute); st != middleware.Claimed {
-			t.Fatalf("claim d: %v", st)
+		state := func(k string) middleware.ClaimState {
+			st, _ := s.Claim(ctx, k, "probe", time.Minute)
+			return st
 		}
-		if n := s.Len(); n != 3 {
-			t.Fatalf("Len = %d, want 3 (bounded)", n)
+		done("a")
+		done("b")
+		done("c") // rotates: {a b} becomes the previous generation
+		if state("a") != middleware.Processed || state("b") != middleware.Processed {
+			t.Fatal("the previous generation must still answer")
 		}
-		// Making room for "d" evicted the record expiring soonest: "a".
-		if st, _ := s.Claim(ctx, "a", "u", time.Minute); st != middleware.Claimed {
-			t.Fatalf("a should have been evicted; Claim = %v", st)
+		done("d")
+		done("e") // rotates again: {a b} dropped
+		if n := s.Len(); n > 4 {
+			t.Fatalf("Len = %d, want ≤ 4", n)
 		}
-		if st, _ := s.Claim(ctx, "c", "u", time.Minute); st != middleware.Processed {
-			t.Fatalf("c should remain processed; Claim = %v", st)
+		if state("a") != middleware.Claimed {
+			t.Fatal("a key two generations old must be forgotten")
 		}
-		// Expired keys go before live ones.
-		time.Sleep(2 * time.Minute)
-		for _, k := range []string{"e", "f"} {
-			if st, _ := s.Claim(ctx, k, "t", time.Minute); st != middleware.Claimed {
-				t.Fatalf("claim %s: %v", k, st)
-			}
+		if state("e") != middleware.Processed || state("d") != middleware.Processed {
+			t.Fatal("recent keys must be remembered")
 		}
-		if st, _ := s.Claim(ctx, "c", "u", time.Minute); st != middleware.Processed {
-			t.Fatalf("c should remain processed after expired claims made room; Claim = %v", st)
+		// Expiry within a generation.
+		time.Sleep(2 * time.Hour)
+		if state("e") != middleware.Claimed {
+			t.Fatal("expired key not free")
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -147,9 +149,11 @@ func TestMemoryStoreStaysBounded(t *testing.T) {
 				time.Sleep(time.Second)
 			}
 		}
-		// The most recent processed keys are still known.
-		if st, _ := s.Claim(ctx, "99998", "u", time.Minute); st != middleware.Processed {
-			t.Fatalf("recent key: %v", st)
+		// The most recent processed keys (at least MaxKeys/2) are known.
+		for i := 99998; i > 99998-50; i -= 2 {
+			if st, _ := s.Claim(ctx, strconv.Itoa(i), "u", time.Minute); st != middleware.Processed {
+				t.Fatalf("recent key %d: %v", i, st)
+			}
 		}
 	})
 }
