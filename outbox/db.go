@@ -77,27 +77,30 @@ func (d DB) queryRow(ctx context.Context, q string, args []any, dest ...any) (bo
 			return false, err
 		}
 		defer rows.Close()
-		if !rows.Next() {
-			return false, rows.Err()
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return false, err
-		}
-		rows.Close()
-		return true, rows.Err()
+		return scanFirst(rows, dest, func() error { rows.Close(); return rows.Err() })
 	}
 	rows, err := d.s.QueryContext(ctx, q, args...)
 	if err != nil {
 		return false, err
 	}
 	defer rows.Close()
+	return scanFirst(rows, dest, rows.Close)
+}
+
+// scanFirst scans the first row of rows into dest, then closes rows with
+// closeErr, which returns the error that ended the rows.
+func scanFirst(rows interface {
+	Next() bool
+	Scan(...any) error
+	Err() error
+}, dest []any, closeErr func() error) (bool, error) {
 	if !rows.Next() {
 		return false, rows.Err()
 	}
 	if err := rows.Scan(dest...); err != nil {
 		return false, err
 	}
-	return true, rows.Close()
+	return true, closeErr()
 }
 
 type sqlBeginner interface {

@@ -777,8 +777,6 @@ func TestHooks(t *testing.T) {
 	}
 }
 
-
-
 // The per-key lock: a transaction writing a key waits for an open one that
 // wrote the same key, so the key's rows commit in sequence order and are
 // published in the order the writes committed. Other keys do not wait;

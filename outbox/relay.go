@@ -880,4 +880,3 @@ func backlog(ctx context.Context, db any, n names) (Backlog, error) {
 	b.OldestAge = time.Duration(age * float64(time.Second))
 	return b, nil
 }
-
