@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -986,4 +987,111 @@ func TestRelayUnreachableDatabase(t *testing.T) {
 	if err := <-done; err != outbox.ErrRelayClosed {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// flaky fails a share of Publish calls before sending anything.
+type flaky struct {
+	transport.Publisher
+	mu    sync.Mutex
+	rng   *mathrand.Rand
+	rate  float64
+	fails atomic.Int64
+}
+
+func (f *flaky) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	f.mu.Lock()
+	fail := f.rng.Float64() < f.rate
+	f.mu.Unlock()
+	if fail {
+		f.fails.Add(1)
+		return errInjected
+	}
+	return f.Publisher.Publish(ctx, topic, msgs...)
+}
+
+// Three relays, a transport failing a fifth of its calls, keys moving
+// between two topics: every row is published once and each key stays in
+// order across retries, relays and topics.
+func TestThreeRelaysWithFailuresKeepOrder(t *testing.T) {
+	n := 3000
+	if testing.Short() {
+		n = 1000
+	}
+	e := newEnv(t, 16)
+	w := e.outbox(t, outbox.Options{})
+	ctx := context.Background()
+	broker := memtransport.NewBroker()
+	tr, err := memtransport.New(ctx, memtransport.Options{Broker: broker, MaxBacklog: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// One subscriber per topic; each must see its share of every key in
+	// order.
+	sinks := map[string]*sink{}
+	for _, topic := range []string{"a", "b"} {
+		s := &sink{ids: map[string]int{}, more: make(chan struct{}, 1)}
+		sinks[topic] = s
+		opts := transport.SubscribeOptions{Group: "g", MaxInFlight: 1024}
+		if err := tr.Declare(ctx, topic, opts); err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); tr.Subscribe(sctx, topic, s, opts) }()
+		defer func() { cancel(); <-done }()
+	}
+	f := &flaky{Publisher: tr, rng: mathrand.New(mathrand.NewPCG(1, 2)), rate: 0.2}
+	for range 3 {
+		e.startRelay(t, f, outbox.RelayOptions{BatchSize: 100, MaxPartitions: 4, PollInterval: 10 * time.Millisecond,
+			RetryMin: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond})
+	}
+	// Rows alternate topics within a key: key-k gets positions 0, 1, 2...
+	// on topics a, b, a, b...
+	pos := map[string]int{}
+	for i := 0; i < n; i += 30 {
+		tx, _ := e.conn.Begin(ctx)
+		for j := i; j < min(n, i+30); j++ {
+			k := fmt.Sprintf("key-%d", j%30)
+			topic := "a"
+			if pos[k]%2 == 1 {
+				topic = "b"
+			}
+			if err := w.Publish(ctx, outbox.Pgx(tx), topic, &message.Message{Key: k, Payload: []byte(strconv.Itoa(pos[k]))}); err != nil {
+				t.Fatal(err)
+			}
+			pos[k]++
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, "all rows published", func() bool { return sinks["a"].len()+sinks["b"].len() >= n })
+	waitFor(t, 10*time.Second, "outbox to drain", func() bool { return e.count(t, "true") == 0 })
+	if f.fails.Load() == 0 {
+		t.Fatal("no failure was injected")
+	}
+	// Per topic, each key's positions ascend (a: 0, 2, 4...; b: 1, 3, 5...)
+	// with no gaps and no repeats.
+	for topic, s := range sinks {
+		next := map[string]int{}
+		for _, m := range s.snapshot() {
+			p, _ := strconv.Atoi(string(m.Payload))
+			want, ok := next[m.Key]
+			if !ok {
+				want = 0
+				if topic == "b" {
+					want = 1
+				}
+			}
+			if p != want {
+				t.Fatalf("topic %s key %s: position %d, want %d", topic, m.Key, p, want)
+			}
+			next[m.Key] = p + 2
+		}
+	}
+	if got := sinks["a"].len() + sinks["b"].len(); got != n {
+		t.Fatalf("%d messages delivered, want %d", got, n)
+	}
+	t.Logf("%d publish calls failed and were retried", f.fails.Load())
 }
