@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// deadlineCtx is context.WithDeadline made lazy: the timer and the
+// deadlineCtx is context.WithDeadline (or, with a zero deadline,
+// context.WithCancel) made lazy: the timer and the
 // done channel (a real context.WithDeadline child) are created only when
 // someone asks for Done or registers an AfterFunc — a handler that does
 // no I/O and returns fast never pays for a runtime timer. Err and
@@ -40,7 +41,11 @@ func (c *deadlineCtx) materialize() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.child == nil {
-		c.child, c.cancel = context.WithDeadline(c.Context, c.deadline)
+		if c.deadline.IsZero() {
+			c.child, c.cancel = context.WithCancel(c.Context)
+		} else {
+			c.child, c.cancel = context.WithDeadline(c.Context, c.deadline)
+		}
 		if c.released {
 			c.cancel()
 		}
@@ -49,8 +54,9 @@ func (c *deadlineCtx) materialize() context.Context {
 }
 
 func (c *deadlineCtx) Deadline() (time.Time, bool) {
-	if pd, ok := c.Context.Deadline(); ok && pd.Before(c.deadline) {
-		return pd, true
+	pd, ok := c.Context.Deadline()
+	if c.deadline.IsZero() || ok && pd.Before(c.deadline) {
+		return pd, ok
 	}
 	return c.deadline, true
 }
@@ -70,7 +76,7 @@ func (c *deadlineCtx) Err() error {
 	if released {
 		return context.Canceled
 	}
-	if !time.Now().Before(c.deadline) {
+	if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
 		return context.DeadlineExceeded
 	}
 	return nil

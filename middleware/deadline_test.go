@@ -93,3 +93,19 @@ func TestDeadlineCtxLikeWithDeadline(t *testing.T) {
 		}
 	})
 }
+
+func TestLazyCancelCtx(t *testing.T) {
+	c := newDeadlineCtx(t.Context(), time.Time{})
+	if _, ok := c.Deadline(); ok {
+		t.Fatal("deadline without one")
+	}
+	if c.Err() != nil {
+		t.Fatal(c.Err())
+	}
+	done := c.Done()
+	c.release()
+	<-done
+	if !errors.Is(c.Err(), context.Canceled) {
+		t.Fatal(c.Err())
+	}
+}

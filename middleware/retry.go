@@ -84,13 +84,16 @@ func (o RetryOptions) defaults() RetryOptions {
 //     and the last error returned, so the message is nacked and
 //     redelivered later instead of holding the shutdown up.
 //
-// Contexts: every attempt gets the context Retry was called with, never
-// one an earlier attempt ended, so a per-attempt deadline from Timeout
-// (placed inside Retry) or from AttemptTimeout is fresh for each attempt;
-// a Timeout placed outside Retry bounds all attempts together. (This is
-// the bug of ThreeDotsLabs/watermill#467, where a timeout's cancelled
-// context leaked into the next retry; it cannot happen here because the
-// context is passed, not stored in the message.)
+// Contexts: every attempt runs under a fresh context derived from the one
+// Retry was called with and cancelled when the attempt returns (goroutines
+// an attempt started under it stop with it); a per-attempt deadline from
+// Timeout (placed inside Retry) or from AttemptTimeout is fresh for each
+// attempt; a Timeout placed outside Retry bounds all attempts together.
+// No attempt ever starts with a context an earlier attempt ended — the bug
+// of ThreeDotsLabs/watermill#467, where a timeout's cancelled context
+// leaked into the next retry (there the context is stored in the message;
+// here it is passed). The derived context costs one small allocation; its
+// channel and timer are created only if the handler asks for Done.
 //
 // Retry sits inside Redelivery, DeadLetter, Idempotency and
 // CircuitBreaker: they see one outcome per delivery. The breaker then
@@ -112,13 +115,21 @@ func Retry(opts RetryOptions) message.Middleware {
 	}
 }
 
+// attempt runs one attempt under a context of its own, cancelled when the
+// attempt returns (so work it started under that context stops) and, with
+// a timeout, ending at its deadline.
 func attempt(ctx context.Context, next message.Handler, m *message.Message, timeout time.Duration) error {
-	if timeout <= 0 {
-		return next.Handle(ctx, m)
+	var dl time.Time
+	if timeout > 0 {
+		dl = time.Now().Add(timeout)
 	}
-	actx := newDeadlineCtx(ctx, time.Now().Add(timeout))
-	defer actx.release()
-	return timeoutResult(ctx, actx, timeout, next.Handle(actx, m))
+	actx := newDeadlineCtx(ctx, dl)
+	err := next.Handle(actx, m)
+	if timeout > 0 {
+		err = timeoutResult(ctx, actx, timeout, err)
+	}
+	actx.release()
+	return err
 }
 
 func (o *RetryOptions) retry(ctx context.Context, next message.Handler, m *message.Message, err error, start time.Time) error {

@@ -207,3 +207,37 @@ func TestTimeoutOutsideRetryBoundsAll(t *testing.T) {
 		}
 	})
 }
+
+// Each attempt's context ends when the attempt returns, and the next
+// attempt gets a new, live one.
+func TestRetryAttemptContextEndsWithAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var ctxs []context.Context
+		h := middleware.Retry(middleware.RetryOptions{})(message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if ctx.Err() != nil {
+				t.Errorf("attempt %d started with a done context", len(ctxs)+1)
+			}
+			ctxs = append(ctxs, ctx)
+			if len(ctxs) < 3 {
+				return errBoom
+			}
+			return nil
+		}))
+		if err := h.Handle(t.Context(), msg("a")); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range ctxs {
+			select {
+			case <-c.Done():
+			default:
+				t.Fatalf("attempt %d's context still live after it returned", i+1)
+			}
+			if !errors.Is(c.Err(), context.Canceled) {
+				t.Fatalf("attempt %d: %v", i+1, c.Err())
+			}
+		}
+		if t.Context().Err() != nil {
+			t.Fatal("the delivery context must not end")
+		}
+	})
+}

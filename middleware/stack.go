@@ -49,7 +49,9 @@ type StackOptions struct {
 //  7. Retry — in-process attempts with backoff and full jitter.
 //  8. RateLimit — each attempt waits for its token (protects the
 //     downstream; outside Timeout so waiting does not eat the deadline).
-//  9. Timeout — a fresh deadline per attempt.
+//  9. Timeout — a fresh deadline per attempt. Without RateLimit, Recommended
+//     sets it as Retry's AttemptTimeout instead (same behaviour, one
+//     context per attempt instead of two).
 //  10. Recover — innermost, so a panic is an ordinary error that Retry,
 //     the breaker and DeadLetter handle (with its stack in the reason).
 //
@@ -70,9 +72,17 @@ func Recommended(o StackOptions) []message.Middleware {
 	if b == nil {
 		b = NewBreaker(o.BreakerOptions)
 	}
-	mw = append(mw, b.Middleware(), Retry(o.Retry))
-	if o.RateLimit != nil {
-		mw = append(mw, RateLimit(*o.RateLimit))
+	if o.RateLimit == nil {
+		// Nothing between Retry and Timeout: let Retry's per-attempt
+		// context carry the deadline (one context per attempt, not two).
+		r := o.Retry
+		if r.AttemptTimeout <= 0 {
+			r.AttemptTimeout = o.Timeout.Timeout
+			if r.AttemptTimeout <= 0 {
+				r.AttemptTimeout = defaultTimeout
+			}
+		}
+		return append(mw, b.Middleware(), Retry(r), Recover(o.Recover))
 	}
-	return append(mw, Timeout(o.Timeout), Recover(o.Recover))
+	return append(mw, b.Middleware(), Retry(o.Retry), RateLimit(*o.RateLimit), Timeout(o.Timeout), Recover(o.Recover))
 }

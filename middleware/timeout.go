@@ -13,6 +13,8 @@ import (
 // handler overran its deadline.
 var ErrTimeout = errors.New("middleware: handler timed out")
 
+const defaultTimeout = 30 * time.Second
+
 // TimeoutOptions configure Timeout.
 type TimeoutOptions struct {
 	// Timeout bounds one handler run. Default 30s (the default AckWait:
@@ -52,7 +54,7 @@ func (e *TimeoutError) Is(target error) bool { return target == ErrTimeout }
 func Timeout(opts TimeoutOptions) message.Middleware {
 	d := opts.Timeout
 	if d <= 0 {
-		d = 30 * time.Second
+		d = defaultTimeout
 	}
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
