@@ -1,9 +1,11 @@
 package kafkatransport
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -44,7 +46,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	so := opts.Defaults()
 	s := &subscription{
 		t: t, topic: topic, group: so.Group, opts: so,
-		tokens:   make(chan struct{}, so.MaxInFlight),
+		lim:      newLimiter(so.MaxInFlight),
 		stopping: make(chan struct{}),
 		finished: make(chan struct{}),
 		runDone:  make(chan struct{}),
@@ -144,8 +146,8 @@ type subscription struct {
 	runDone  chan struct{} // closed when fetching ended
 	feedDone chan struct{} // closed when the feeder ended
 
-	tokens chan struct{} // MaxInFlight: taken at fetch, returned at ack or drop
-	q      queue
+	lim *limiter // MaxInFlight: taken at fetch, returned at ack or drop
+	q   queue
 
 	mu    sync.Mutex
 	parts map[*partState]struct{}
@@ -363,25 +365,52 @@ func (g *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMessage) {
 	defer s.releasePart(pt)
 	defer pt.revoke()
+	stopWake := context.AfterFunc(pt.ctx, s.lim.wake)
+	defer stopWake()
+	batch := make([]*sarama.ConsumerMessage, 0, 128)
+	ds := make([]*delivery, 0, 128)
 	for {
-		var cm *sarama.ConsumerMessage
-		var ok bool
+		batch = batch[:0]
 		select {
-		case cm, ok = <-msgs:
+		case cm, ok := <-msgs:
 			if !ok {
 				return
 			}
+			batch = append(batch, cm)
 		case <-pt.ctx.Done():
 			return
 		}
-		select {
-		case s.tokens <- struct{}{}:
-		case <-pt.ctx.Done():
+		// Take what else is already fetched, so that the hand-off to the
+		// feeder costs one lock and one wake-up per batch.
+		closed := false
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case cm, ok := <-msgs:
+				if !ok {
+					closed = true
+					break more
+				}
+				batch = append(batch, cm)
+			default:
+				break more
+			}
+		}
+		for len(batch) > 0 {
+			n := s.lim.acquire(pt.ctx, len(batch))
+			if n == 0 {
+				return // revoked while waiting: the rest is fetched again by the next owner
+			}
+			ds = ds[:0]
+			for _, cm := range batch[:n] {
+				ds = append(ds, &delivery{pt: pt, cm: cm, attempt: 1})
+			}
+			pt.submit(ds)
+			batch = batch[n:]
+		}
+		if closed {
 			return
 		}
-		d := &delivery{pt: pt, cm: cm, attempt: 1}
-		pt.track(cm.Offset)
-		pt.submit(d)
 	}
 }
 
@@ -394,27 +423,31 @@ func (s *subscription) releasePart(pt *partState) {
 // feed passes queued deliveries to the Dispatcher, one at a time (with
 // Concurrency 1 the handler runs right here).
 func (s *subscription) feed() {
+	var batch []*delivery
 	for {
-		d, ok := s.q.pop()
+		var ok bool
+		batch, ok = s.q.popAll(batch[:0])
 		if !ok {
 			return
 		}
-		pt := d.pt
-		pt.mu.Lock()
-		if pt.revoked {
-			pt.mu.Unlock()
-			pt.drop(d)
-			continue
-		}
-		pt.inDispatch++
-		pt.mu.Unlock()
-		m := d.message()
-		if err := s.disp.Deliver(pt.ctx, m, &acker{d: d}); err != nil {
+		for i, d := range batch {
+			batch[i] = nil
+			pt := d.pt
 			pt.mu.Lock()
-			pt.inDispatch--
-			pt.cond.Broadcast()
+			if pt.revoked {
+				pt.mu.Unlock()
+				pt.drop(d)
+				continue
+			}
+			pt.inDispatch++
 			pt.mu.Unlock()
-			pt.drop(d)
+			if err := s.disp.Deliver(pt.ctx, d.message(), d); err != nil {
+				pt.mu.Lock()
+				pt.inDispatch--
+				pt.cond.Broadcast()
+				pt.mu.Unlock()
+				pt.drop(d)
+			}
 		}
 	}
 }
@@ -466,16 +499,15 @@ func (d *delivery) message() *message.Message {
 	return m
 }
 
-// acker settles a delivery for the Dispatcher.
-type acker struct{ d *delivery }
-
-func (a *acker) Ack(context.Context) error {
-	a.d.pt.ack(a.d)
+// Ack settles d for the Dispatcher (transport.Acker).
+func (d *delivery) Ack(context.Context) error {
+	d.pt.ack(d)
 	return nil
 }
 
-func (a *acker) Nack(_ context.Context, delay time.Duration) error {
-	a.d.pt.nack(a.d, delay)
+// Nack schedules d's redelivery (transport.Acker).
+func (d *delivery) Nack(_ context.Context, delay time.Duration) error {
+	d.pt.nack(d, delay)
 	return nil
 }
 
@@ -494,7 +526,6 @@ type partState struct {
 	cond       *sync.Cond
 	pending    []pendingOffset // outstanding offsets in fetch order
 	head       int             // first live entry of pending
-	index      map[int64]int   // offset → position in pending
 	last       int64           // last fetched offset, -1 before any
 	inDispatch int
 	revoked    bool
@@ -511,7 +542,7 @@ type pendingOffset struct {
 type keyGate struct{ held []*delivery }
 
 func (s *subscription) newPart(p int32, parent context.Context, mark func(int64), sess sarama.ConsumerGroupSession) *partState {
-	pt := &partState{s: s, p: p, mark: mark, sess: sess, index: map[int64]int{}, last: -1, timers: map[*delivery]*time.Timer{}, marked: -1}
+	pt := &partState{s: s, p: p, mark: mark, sess: sess, last: -1, timers: map[*delivery]*time.Timer{}, marked: -1}
 	pt.ctx, pt.stop = context.WithCancel(parent)
 	pt.cond = sync.NewCond(&pt.mu)
 	if s.opts.OrderedByKey {
@@ -523,51 +554,62 @@ func (s *subscription) newPart(p int32, parent context.Context, mark func(int64)
 	return pt
 }
 
-func (pt *partState) track(off int64) {
+// submit records the offsets of ds (fetched, in offset order) as
+// outstanding and queues them, holding back those whose key is busy.
+func (pt *partState) submit(ds []*delivery) {
 	pt.mu.Lock()
-	pt.index[off] = len(pt.pending)
-	pt.pending = append(pt.pending, pendingOffset{off: off})
-	pt.last = off
-	pt.mu.Unlock()
-}
-
-// submit queues d, or holds it behind a busy message of its key.
-func (pt *partState) submit(d *delivery) {
-	pt.mu.Lock()
+	for _, d := range ds {
+		pt.pending = append(pt.pending, pendingOffset{off: d.cm.Offset})
+		pt.last = d.cm.Offset
+	}
 	if pt.revoked {
 		pt.mu.Unlock()
-		pt.drop(d)
+		for _, d := range ds {
+			pt.drop(d)
+		}
 		return
 	}
-	if pt.keys != nil && len(d.cm.Key) > 0 {
-		k := string(d.cm.Key)
-		if g, busy := pt.keys[k]; busy {
-			g.held = append(g.held, d)
-			pt.mu.Unlock()
-			return
+	out := ds
+	if pt.keys != nil {
+		out = out[:0:0]
+		for _, d := range ds {
+			if len(d.cm.Key) > 0 {
+				k := string(d.cm.Key)
+				if g, busy := pt.keys[k]; busy {
+					g.held = append(g.held, d)
+					continue
+				}
+				pt.keys[k] = &keyGate{}
+			}
+			out = append(out, d)
 		}
-		pt.keys[k] = &keyGate{}
 	}
 	pt.mu.Unlock()
-	if !pt.s.q.push(d) {
-		pt.drop(d)
+	if !pt.s.q.push(out...) {
+		for _, d := range out {
+			pt.drop(d)
+		}
 	}
+}
+
+// find returns the position of off in pending (offsets are appended in
+// increasing order). Called with mu held.
+func (pt *partState) find(off int64) (int, bool) {
+	live := pt.pending[pt.head:]
+	i, ok := slices.BinarySearchFunc(live, off, func(e pendingOffset, off int64) int { return cmp.Compare(e.off, off) })
+	return pt.head + i, ok
 }
 
 // commitPoint is the offset to commit: the first outstanding offset, or
 // the one after the last fetched when none is. Called with mu held.
 func (pt *partState) commitPoint() int64 {
 	for pt.head < len(pt.pending) && pt.pending[pt.head].done {
-		delete(pt.index, pt.pending[pt.head].off)
 		pt.head++
 	}
 	if pt.head > 1024 && pt.head*2 > len(pt.pending) {
 		n := copy(pt.pending, pt.pending[pt.head:])
 		pt.pending = pt.pending[:n]
 		pt.head = 0
-		for i, e := range pt.pending {
-			pt.index[e.off] = i
-		}
 	}
 	if pt.head < len(pt.pending) {
 		return pt.pending[pt.head].off
@@ -579,7 +621,7 @@ func (pt *partState) commitPoint() int64 {
 // one is, and the next held message of its key goes.
 func (pt *partState) ack(d *delivery) {
 	pt.mu.Lock()
-	if i, ok := pt.index[d.cm.Offset]; ok {
+	if i, ok := pt.find(d.cm.Offset); ok {
 		pt.pending[i].done = true
 	}
 	next := pt.commitPoint()
@@ -669,7 +711,7 @@ func (pt *partState) giveBack(d *delivery) {
 	d.gone = true
 	pt.mu.Unlock()
 	if !gone {
-		<-pt.s.tokens
+		pt.s.lim.release(1)
 	}
 }
 
@@ -728,13 +770,16 @@ type queue struct {
 	signal chan struct{}
 }
 
-func (q *queue) push(d *delivery) bool {
+func (q *queue) push(ds ...*delivery) bool {
+	if len(ds) == 0 {
+		return true
+	}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return false
 	}
-	q.items = append(q.items, d)
+	q.items = append(q.items, ds...)
 	q.mu.Unlock()
 	select {
 	case q.signal <- struct{}{}:
@@ -743,19 +788,21 @@ func (q *queue) push(d *delivery) bool {
 	return true
 }
 
-func (q *queue) pop() (*delivery, bool) {
+// popAll moves every queued delivery into buf, waiting for one when the
+// queue is empty; false once the queue is closed and empty.
+func (q *queue) popAll(buf []*delivery) ([]*delivery, bool) {
 	for {
 		q.mu.Lock()
 		if len(q.items) > 0 {
-			d := q.items[0]
-			q.items[0] = nil
-			q.items = q.items[1:]
+			buf = append(buf, q.items...)
+			clear(q.items)
+			q.items = q.items[:0]
 			q.mu.Unlock()
-			return d, true
+			return buf, true
 		}
 		if q.closed {
 			q.mu.Unlock()
-			return nil, false
+			return buf, false
 		}
 		q.mu.Unlock()
 		<-q.signal
@@ -770,4 +817,61 @@ func (q *queue) close() {
 	case q.signal <- struct{}{}:
 	default:
 	}
+}
+
+// limiter bounds the messages a subscription holds (MaxInFlight). A waiting
+// reader is woken once a quarter of the bound is free again rather than at
+// every release, so a full pipeline moves in batches instead of one
+// goroutine wake-up per message.
+type limiter struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	used    int
+	max     int
+	low     int // wake waiters when used drops to this
+	waiting int
+}
+
+func newLimiter(n int) *limiter {
+	l := &limiter{max: n, low: n - max(1, n/4)}
+	l.cond = sync.NewCond(&l.mu)
+	return l
+}
+
+// acquire takes between 1 and n slots, waiting while none is free; 0 when
+// ctx ended first.
+func (l *limiter) acquire(ctx context.Context, n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.used >= l.max {
+		if ctx.Err() != nil {
+			return 0
+		}
+		l.waiting++
+		l.cond.Wait()
+		l.waiting--
+	}
+	if ctx.Err() != nil {
+		return 0
+	}
+	k := min(n, l.max-l.used)
+	l.used += k
+	return k
+}
+
+func (l *limiter) release(n int) {
+	l.mu.Lock()
+	l.used -= n
+	wake := l.waiting > 0 && l.used <= l.low
+	l.mu.Unlock()
+	if wake {
+		l.cond.Broadcast()
+	}
+}
+
+// wake lets waiters re-check their context.
+func (l *limiter) wake() {
+	l.mu.Lock()
+	l.mu.Unlock()
+	l.cond.Broadcast()
 }
