@@ -71,6 +71,7 @@ func ExampleRelay() {
 func ExampleInbox_Handler() {
 	ctx := context.Background()
 	db, _ := sql.Open("pgx", "postgres://postgres@127.0.0.1:5432/test")
+	defer db.Close()
 	in, err := outbox.NewInbox(outbox.SQL(db), outbox.InboxOptions{})
 	if err != nil {
 		log.Fatal(err)

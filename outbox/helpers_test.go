@@ -26,11 +26,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helperMain())
 	}
-	goleak.VerifyTestMain(m,
-		// database/sql's connection opener lives as long as the *sql.DB;
-		// every test closes its DBs, but the goroutine exits a moment later.
-		goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // pgURL returns the PostgreSQL URL for tests.
