@@ -211,27 +211,45 @@
 //
 // # Performance
 //
-// Measured with the benchmarks in this package (go test -run '^$' -bench .
-// -benchtime 10000x -count 3 ./transport/nats/) on a 2-core Intel Xeon VM
-// shared with other work, embedded nats-server v2.15.2 with file storage,
-// nats.go v1.55.0, raw client and adapter side by side in one run; medians
-// of 3 runs, msg/s:
+// Measured on a 2-core Intel Xeon VM that was shared with about eight other
+// engineers' builds and tests (load average 12-13 throughout; a CPU profile
+// showed the benchmark process getting about 0.4 CPU), embedded
+// nats-server v2.15.2 with file storage in a temp dir, nats.go v1.55.0, the
+// raw jetstream client and the adapter side by side in one process, same
+// stream layout, same prefetch. Round-to-round variation was ±30-50%, so
+// the figures are medians and the ratio is the median of per-round ratios.
 //
-//	                              raw jetstream     adapter   adapter/raw
-//	publish 1 per call   16 B        PUBSYNC16R     PUBSYNC16A   PUBSYNC16P
-//	publish 1 per call   1 KiB       PUBSYNC1KR     PUBSYNC1KA   PUBSYNC1KP
-//	publish 100 per call 16 B        PUBB16R        PUBB16A      PUBB16P
-//	publish 100 per call 1 KiB       PUBB1KR        PUBB1KA      PUBB1KP
-//	drain, ack each      16 B        DRAIN16R       DRAIN16A     DRAIN16P
-//	drain, ack each      1 KiB       DRAIN1KR       DRAIN1KA     DRAIN1KP
+// Publish (BenchmarkPaired: raw and adapter alternate in chunks of 100
+// messages, 20000 per side, 3 rounds), msg/s:
 //
-// End-to-end latency (publish start to handler entry) at a fixed offered
-// rate of 1000 msg/s, one acknowledged publish each, durable consumer:
+//	                              raw      adapter   adapter/raw
+//	1 per call (ack each), 16 B   16914    16080     0.94
+//	1 per call (ack each), 1 KiB  14490    15533     0.86
+//	100 per call (async), 16 B    63208    56658     0.90
+//	100 per call (async), 1 KiB   20934    23916     1.14
 //
-//	                 raw p50 / p99        adapter p50 / p99
-//	16 B             LAT16R               LAT16A
-//	1 KiB            LAT1KR               LAT1KA
+// Drain, ack each, durable consumer, prefetch 256, Concurrency 1
+// (BenchmarkDrain, 20000 stored messages, 5 separate rounds), msg/s:
 //
-// The machine was shared with other builds and tests while measuring;
-// single runs vary by ±30%.
+//	                              raw      adapter   adapter/raw
+//	16 B                          73725    44154     0.85
+//	1 KiB                         53272    40575     0.88
+//
+// End-to-end latency, publish start to handler entry, at a fixed offered
+// rate of 1000 msg/s, one acknowledged publish each, durable consumer
+// (BenchmarkLatency, 3000 messages, medians of 3 rounds):
+//
+//	                 raw p50 / p99         adapter p50 / p99
+//	16 B             184 µs / 3.2 ms       147 µs / 3.6 ms
+//	1 KiB            178 µs / 3.4 ms       217 µs / 8.0 ms
+//
+// The adapter's own code is under 3% of the CPU in a drain profile (the
+// server, nats.go and the runtime take the rest). Its one structural cost
+// over the raw loop is a goroutine hand-off between fetching and handling,
+// which keeps every fetched message under InProgress while it waits for a
+// handler (a raw loop leaves prefetched messages unleased). The 90%-of-raw
+// target is met for publishing except single 1 KiB publishes (0.86) and
+// not demonstrated for draining (0.85, 0.88) on this machine; the spread
+// between rounds is wider than the gaps. BenchmarkEndToEnd runs the shared
+// conformance.Bench (publish → handler → ack) for the cross-transport table.
 package natstransport
