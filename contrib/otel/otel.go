@@ -445,8 +445,8 @@ func putSpanArgs(a *spanArgs) {
 	if cap(a.attrs) > 64 { // grown by user attributes: let it go
 		return
 	}
-	clear(a.attrs[:cap(a.attrs)])
-	clear(a.opts[:cap(a.opts)])
+	clear(a.attrs) // the used part: drop references for the GC
+	clear(a.opts)
 	a.attrs, a.opts = a.attrs[:0], a.opts[:0]
 	spanArgsPool.Put(a)
 }
