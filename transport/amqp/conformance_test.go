@@ -14,7 +14,9 @@ import (
 // TestConformance runs the whole suite against a private node this test
 // starts (so the broker-restart case can stop and start it), or, where no
 // node can be started, against the broker testenv finds (the restart case
-// then skips).
+// then skips). COURIER_AMQP_CONFORMANCE_SHARED=1 runs it against the
+// broker testenv finds; COURIER_AMQP_QUEUE_TYPE=quorum with quorum group
+// queues (default classic).
 func TestConformance(t *testing.T) {
 	url, prefix := "", "conf"
 	var restart func(ctx context.Context) error
@@ -37,7 +39,7 @@ func TestConformance(t *testing.T) {
 			// them to be dropped, not refused. Every other case declares
 			// its groups first. The mandatory default (unroutable → error)
 			// is covered by TestUnroutable.
-			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, AllowUnroutable: true})
+			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, AllowUnroutable: true, QueueType: os.Getenv("COURIER_AMQP_QUEUE_TYPE")})
 		},
 		Restart:           restart,
 		Prefix:            prefix,
