@@ -33,11 +33,20 @@ func pct(d []time.Duration, p float64) time.Duration {
 // defaults), interleaved so both see the same machine load, and reports
 // their p50/p99 and the p99 difference.
 func BenchmarkWriteLatency(b *testing.B) {
-	for _, driver := range []string{"pgx", "database-sql"} {
-		b.Run(driver, func(b *testing.B) {
+	for _, c := range []struct {
+		driver string
+		opts   outbox.Options
+		name   string
+	}{
+		{"pgx", outbox.Options{}, "pgx"},
+		{"database-sql", outbox.Options{}, "database-sql"},
+		{"pgx", outbox.Options{NoKeyLock: true, NoNotify: true}, "pgx-nolock-nonotify"},
+	} {
+		driver := c.driver
+		b.Run(c.name, func(b *testing.B) {
 			e := newEnv(b, 0)
 			ctx := context.Background()
-			w := e.outbox(b, outbox.Options{})
+			w := e.outbox(b, c.opts)
 			if _, err := e.conn.Exec(ctx, "CREATE TABLE "+e.tables.Schema+".orders (id bigserial PRIMARY KEY, body text NOT NULL)"); err != nil {
 				b.Fatal(err)
 			}
