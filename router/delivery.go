@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"time"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -137,12 +136,4 @@ func Stamp(consumed *message.Message, msgs ...*message.Message) {
 			m.SetHeader(message.HeaderCausationID, consumed.ID)
 		}
 	}
-}
-
-// since is time.Since, kept in one place for the health report.
-func since(t time.Time) time.Duration {
-	if t.IsZero() {
-		return 0
-	}
-	return time.Since(t)
 }

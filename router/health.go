@@ -69,7 +69,10 @@ type RouteHealth struct {
 	InFlight int64  `json:"in_flight"`
 	Handled  uint64 `json:"handled"`
 	Failed   uint64 `json:"failed"`
-	// LastMessage is when the route last took a message (zero: never).
+	// LastMessage is when a health check first saw the route's latest
+	// message taken (zero: none seen): the router does not read the clock
+	// per message, so its precision is the probe interval. A value that
+	// stops moving while the backlog grows is a stalled consumer.
 	LastMessage time.Time `json:"last_message,omitzero"`
 	// LastError is the last handler error or the subscription's failure,
 	// with its time.
@@ -114,13 +117,21 @@ func (r *Router) Health(ctx context.Context) Health {
 	}
 	ready = ready && h.Broker.Status != "failing"
 	for _, rt := range routes {
+		fin, failed, rej := rt.finished.Load(), rt.failed.Load(), rt.rejected.Load()
+		taken := rt.taken.Load()
 		rh := RouteHealth{
 			Name: rt.name, Topic: rt.topic, Group: rt.group,
 			State:    routeState(rt.state.Load()).String(),
-			InFlight: rt.inflight.Load(), Handled: rt.handled.Load(), Failed: rt.failed.Load(),
+			InFlight: max(taken-fin, 0), Handled: uint64(max(fin-failed-rej, 0)), Failed: uint64(failed),
 		}
-		if ns := rt.lastMsg.Load(); ns != 0 {
-			rh.LastMessage = time.Unix(0, ns).UTC()
+		rt.seenMu.Lock()
+		if taken != rt.seenTaken {
+			rt.seenTaken, rt.seenAt = taken, time.Now()
+		}
+		rh.LastMessage = rt.seenAt
+		rt.seenMu.Unlock()
+		if !rh.LastMessage.IsZero() {
+			rh.LastMessage = rh.LastMessage.UTC()
 		}
 		if e := rt.lastErr.Load(); e != nil {
 			rh.LastError, rh.LastErrorAt = e.err.Error(), e.at.UTC()

@@ -84,8 +84,9 @@ type Router struct {
 	draining chan struct{}      // closed when Shutdown begins
 	drainOne sync.Once
 
-	inflight atomic.Int64 // handlers running, all routes
-	drainNow atomic.Bool  // mirrors draining, for the hot path
+	_        [64]byte    // drainNow is read per message: its own cache line
+	drainNow atomic.Bool // mirrors draining, for the hot path
+	_        [63]byte
 	idle     chan struct{}
 }
 
@@ -338,7 +339,7 @@ func (r *Router) Shutdown(ctx context.Context) error {
 		return nil
 	}
 
-	for r.inflight.Load() > 0 {
+	for r.inflight() > 0 {
 		select {
 		case <-r.idle:
 		case <-done:
@@ -421,12 +422,40 @@ type route struct {
 	draining chan struct{}
 	stop     <-chan struct{} // the running subscriptions' ctx.Done()
 
+	// Per-message accounting is two atomic adds: taken on entry, finished
+	// on exit (in flight = taken - finished); failed and rejected (held
+	// during a drain) only count those cases.
 	state    atomic.Int32
-	inflight atomic.Int64
-	handled  atomic.Uint64
-	failed   atomic.Uint64
-	lastMsg  atomic.Int64 // unix nanos of the last message taken
+	_        [64]byte // keep the counters off the read-mostly fields' cache line
+	taken    atomic.Int64
+	finished atomic.Int64
+	_        [48]byte
+	failed   atomic.Int64
+	rejected atomic.Int64
 	lastErr  atomic.Pointer[errorAt]
+
+	seenMu    sync.Mutex // health's observation of the last message
+	seenTaken int64
+	seenAt    time.Time
+}
+
+// inFlight is the route's running handlers (finished read first, so a
+// racing entry can only make it overestimate).
+func (rt *route) inFlight() int64 {
+	f := rt.finished.Load()
+	return max(rt.taken.Load()-f, 0)
+}
+
+// inflight sums the routes' running handlers.
+func (r *Router) inflight() int64 {
+	r.mu.Lock()
+	routes := r.routes
+	r.mu.Unlock()
+	var n int64
+	for _, rt := range routes {
+		n += rt.inFlight()
+	}
+	return n
 }
 
 type errorAt struct {
@@ -462,13 +491,14 @@ func (rt *route) build(routerMW []message.Middleware) message.Handler {
 // transport calls.
 func (rt *route) Handle(ctx context.Context, m *message.Message) (err error) {
 	r := rt.r
-	r.inflight.Add(1)
+	rt.taken.Add(1)
 	if r.drainNow.Load() {
-		r.leave()
+		rt.rejected.Add(1)
+		rt.leave()
 		// Draining: do not start the handler. Hold the message until the
 		// subscription ends, then hand it back for redelivery. (Waiting
 		// on ctx alone is not enough: a transport that runs a
-		// Concurrency-1 handler inline in its fetch loop cancels the
+		// Concurrency-1 handler inline in its fetch loop may cancel the
 		// handler's ctx only after the handler returned.)
 		select {
 		case <-ctx.Done():
@@ -477,8 +507,6 @@ func (rt *route) Handle(ctx context.Context, m *message.Message) (err error) {
 			return context.Canceled
 		}
 	}
-	rt.inflight.Add(1)
-	rt.lastMsg.Store(time.Now().UnixNano())
 	defer func() {
 		if p := recover(); p != nil {
 			// Middleware.Recover turns panics into errors with more care;
@@ -489,22 +517,20 @@ func (rt *route) Handle(ctx context.Context, m *message.Message) (err error) {
 		if err != nil {
 			rt.failed.Add(1)
 			rt.setErr(err)
-		} else {
-			rt.handled.Add(1)
 		}
-		rt.inflight.Add(-1)
-		r.leave()
+		rt.leave()
 	}()
 	dc := &deliveryCtx{Context: ctx, d: Delivery{Message: m, route: rt}}
 	return rt.handler.Handle(dc, m)
 }
 
-// leave ends one in-flight handler and wakes a waiting Shutdown when it was
-// the last.
-func (r *Router) leave() {
-	if r.inflight.Add(-1) == 0 && r.drainNow.Load() {
+// leave ends one message's accounting and, during a drain, wakes
+// Shutdown to recount.
+func (rt *route) leave() {
+	rt.finished.Add(1)
+	if rt.r.drainNow.Load() {
 		select {
-		case r.idle <- struct{}{}:
+		case rt.r.idle <- struct{}{}:
 		default:
 		}
 	}
