@@ -157,7 +157,7 @@ func BenchmarkDrain(b *testing.B) {
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{Receivers: benchWorkers})
 	topic := name(b)
 	benchQueue(b, tr, topic)
-	const chunk = 500
+	const chunk = 2000
 	var sd side
 	b.ResetTimer()
 	for i := 0; i*chunk < b.N; i++ {

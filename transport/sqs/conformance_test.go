@@ -22,11 +22,11 @@ func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
 			}
 			return open(t, mode, o), nil
 		},
-		Timeout:           20 * time.Second,
+		Timeout:           15 * time.Second,
 		RedeliveryTimeout: 10 * time.Second,
 		// A short visibility timeout: messages whose ReceiveMessage was
 		// cut off by a stopping subscriber come back quickly.
-		SubscribeOptions: transport.SubscribeOptions{AckWait: 3 * time.Second},
+		SubscribeOptions: transport.SubscribeOptions{AckWait: 2 * time.Second},
 	}
 	if emu != nil {
 		// goaws keeps its state in memory: a restart drops every
@@ -39,6 +39,7 @@ func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
 // TestConformanceSNS runs the whole suite on sns:// (SNS topics, a queue
 // per group) against goaws.
 func TestConformanceSNS(t *testing.T) {
+	t.Parallel()
 	conformance.Run(t, harness(t, sqstransport.ModeSNS))
 }
 
@@ -55,6 +56,7 @@ func TestConformanceSQS(t *testing.T) {
 		conformance.Run(t, harness(t, sqstransport.ModeSQS))
 		return
 	}
+	t.Parallel()
 	t.Log("sqs:// is point to point: GroupsFanOut is skipped (no capability to declare it); see the package doc")
 	args := []string{"-test.run=^TestConformanceSQS$", "-test.skip=^TestConformanceSQS$/^GroupsFanOut$", "-test.count=1"}
 	if testing.Verbose() {

@@ -174,10 +174,8 @@ func (s *sub) run(ctx context.Context, h message.Handler) error {
 	fatal := make(chan error, receivers)
 
 	var deleters sync.WaitGroup
-	for range receivers {
-		deleters.Add(1)
-		go func() { defer deleters.Done(); s.deleter() }()
-	}
+	deleters.Add(1)
+	go func() { defer deleters.Done(); s.deleter(receivers) }()
 	extStop := make(chan struct{})
 	extDone := make(chan struct{})
 	go func() { defer close(extDone); s.extender(extStop) }()
@@ -457,15 +455,20 @@ func (s *sub) extender(stop <-chan struct{}) {
 	}
 }
 
-// deleter batches acks into DeleteMessageBatch calls until s.acks closes.
-func (s *sub) deleter() {
-	batch := make([]string, 0, maxBatch)
+// deleter gathers acks into batches of 10 (or what came within
+// AckLinger) and sends each as a DeleteMessageBatch, up to parallel calls
+// at once, until s.acks closes and every call returned.
+func (s *sub) deleter(parallel int) {
+	sem := make(chan struct{}, parallel)
+	var calls sync.WaitGroup
+	defer calls.Wait()
 	for {
 		rh, ok := <-s.acks
 		if !ok {
 			return
 		}
-		batch = append(batch[:0], rh)
+		batch := make([]string, 1, maxBatch)
+		batch[0] = rh
 		timer := time.NewTimer(s.t.o.AckLinger)
 		open := true
 	fill:
@@ -482,7 +485,12 @@ func (s *sub) deleter() {
 			}
 		}
 		timer.Stop()
-		s.deleteBatch(batch)
+		sem <- struct{}{}
+		calls.Add(1)
+		go func() {
+			defer func() { <-sem; calls.Done() }()
+			s.deleteBatch(batch)
+		}()
 		if !open {
 			return
 		}
