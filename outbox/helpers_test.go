@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -242,4 +243,32 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// withApp returns url with an application_name, to find the relay's
+// backends in pg_stat_activity.
+func withApp(url, app string) string {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "application_name=" + app
+}
+
+// waitAsleep waits until the relay connected as app listens and its work
+// connection is idle after an empty batch (rolled back): the relay is in
+// its poll sleep.
+func (e *env) waitAsleep(t testing.TB, app string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "relay asleep", func() bool {
+		var listening, idle int
+		err := e.conn.QueryRow(context.Background(), `SELECT
+  count(*) FILTER (WHERE query ILIKE 'listen%' AND state = 'idle'),
+  count(*) FILTER (WHERE query ILIKE 'rollback%' AND state = 'idle')
+FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&listening, &idle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return listening == 1 && idle == 1
+	})
 }

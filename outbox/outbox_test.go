@@ -221,9 +221,15 @@ func TestSchema(t *testing.T) {
 func TestNotifyAndPolling(t *testing.T) {
 	e := newEnv(t, 0)
 	tr, s := memSink(t, "t")
-	e.startRelay(t, tr, outbox.RelayOptions{PollInterval: time.Hour})
-	// Let the relay connect, listen and go to sleep.
-	time.Sleep(300 * time.Millisecond)
+	app := randName("relay_")
+	r, err := outbox.NewRelay(withApp(e.url, app), tr, outbox.RelayOptions{Tables: e.tables, PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	defer func() { r.Close(); <-done }()
+	e.waitAsleep(t, app) // only a notification can wake it now
 	start := time.Now()
 	e.writeRows(t, e.outbox(t, outbox.Options{}), "t", 1, 0, 1)
 	s.waitN(t, 1, 10*time.Second)
@@ -651,7 +657,7 @@ func TestRelaySurvivesDatabaseDisconnect(t *testing.T) {
 	tr, s := memSink(t, "t")
 	app := randName("relay_")
 	var errs atomic.Int64
-	r, err := outbox.NewRelay(e.url+"&application_name="+app, tr, outbox.RelayOptions{Tables: e.tables, PollInterval: 50 * time.Millisecond,
+	r, err := outbox.NewRelay(withApp(e.url, app), tr, outbox.RelayOptions{Tables: e.tables, PollInterval: 50 * time.Millisecond,
 		Hooks: outbox.Hooks{OnError: func(error) { errs.Add(1) }}})
 	if err != nil {
 		t.Fatal(err)
@@ -908,14 +914,15 @@ func TestLongNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr, s := memSink(t, "t")
-	r, err := outbox.NewRelay(e.url, tr, outbox.RelayOptions{Tables: long, PollInterval: time.Hour})
+	app := randName("relay_")
+	r, err := outbox.NewRelay(withApp(e.url, app), tr, outbox.RelayOptions{Tables: long, PollInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { r.Close(); <-done }()
-	time.Sleep(200 * time.Millisecond) // listening, asleep for an hour
+	e.waitAsleep(t, app) // listening, asleep for an hour
 	tx, _ := e.conn.Begin(ctx)
 	if err := w.Publish(ctx, outbox.Pgx(tx), "t", &message.Message{Payload: []byte("x")}); err != nil {
 		t.Fatal(err)
