@@ -6,6 +6,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
@@ -158,13 +159,15 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		sctx = i.prop.Extract(ctx, HeaderCarrier(m.Headers))
 	}
 
+	var okOpt metric.MeasurementOption // the attribute set without error.type
 	if measure {
-		i.consumed.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
+		okOpt = i.metricOpt(system, "process", "process", topic, group, "")
+		i.consumed.Add(ctx, 1, okOpt)
 	}
 	if m.Attempt > 1 {
 		span.AddEvent(EventRedelivered, trace.WithAttributes(AttemptKey.Int(m.Attempt)))
 		if measure {
-			i.redelivered.Add(ctx, 1, i.metricOpt(system, "process", "process", topic, group, ""))
+			i.redelivered.Add(ctx, 1, okOpt)
 		}
 	}
 
@@ -189,7 +192,11 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		span.SetAttributes(OutcomeKey.String("nack"), semconv.ErrorTypeKey.String(et))
 	}
 	if measure {
-		i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "process", topic, group, et))
+		opt := okOpt
+		if et != "" {
+			opt = i.metricOpt(system, "process", "process", topic, group, et)
+		}
+		i.processDur.Record(ctx, time.Since(start).Seconds(), opt)
 	}
 	span.End()
 	return err
