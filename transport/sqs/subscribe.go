@@ -74,9 +74,13 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	if cleanup != nil {
 		defer cleanup()
 	}
+	redrive := ""
+	if cleanup == nil { // private queues get no redrive policy
+		redrive = t.redriveURL(ctx, qn)
+	}
 	s := &sub{
 		t: t, topic: topic, queue: qn, url: qu, so: so,
-		redrive:   t.redriveURL(ctx, qn),
+		redrive:   redrive,
 		vis:       visibilitySeconds(so.AckWait),
 		inflight:  map[*inflight]struct{}{},
 		tokens:    make(chan struct{}, so.MaxInFlight),
