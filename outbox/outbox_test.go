@@ -1003,6 +1003,7 @@ type flaky struct {
 	rng   *mathrand.Rand
 	rate  float64
 	fails atomic.Int64
+	log   []*message.Message // every message the transport took, in order
 }
 
 func (f *flaky) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
@@ -1013,7 +1014,13 @@ func (f *flaky) Publish(ctx context.Context, topic string, msgs ...*message.Mess
 		f.fails.Add(1)
 		return errInjected
 	}
-	return f.Publisher.Publish(ctx, topic, msgs...)
+	if err := f.Publisher.Publish(ctx, topic, msgs...); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.log = append(f.log, msgs...)
+	f.mu.Unlock()
+	return nil
 }
 
 // Three relays, a transport failing a fifth of its calls, keys moving
@@ -1100,5 +1107,10 @@ func TestThreeRelaysWithFailuresKeepOrder(t *testing.T) {
 	if got := sinks["a"].len() + sinks["b"].len(); got != n {
 		t.Fatalf("%d messages delivered, want %d", got, n)
 	}
+	// Across both topics, the transport took each key's messages in
+	// order: 0, 1, 2... alternating a and b.
+	f.mu.Lock()
+	checkOrder(t, f.log, n)
+	f.mu.Unlock()
 	t.Logf("%d publish calls failed and were retried", f.fails.Load())
 }
