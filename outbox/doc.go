@@ -247,7 +247,11 @@
 // transaction holds its keys' locks until it ends, and other writers of
 // those keys wait for it. Message.Time is not carried (the transport sets
 // its own). Messages with the same key on different topics are ordered
-// together, which can serialize their publishing.
+// together, which can serialize their publishing. The outbox is a queue
+// table: every row is inserted once and deleted (or updated) once, so it
+// depends on autovacuum to clear dead rows from its indexes; for a busy
+// outbox, lower the table's autovacuum_vacuum_scale_factor (for example
+// ALTER TABLE courier_outbox SET (autovacuum_vacuum_scale_factor = 0.01)).
 //
 // # Benchmarks
 //
