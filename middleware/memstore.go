@@ -11,8 +11,9 @@ type MemoryStoreOptions struct {
 	// MaxKeys bounds the keys held (claims and processed records
 	// together). The store keeps keys in two generations of MaxKeys/2:
 	// when the current one is full, the older one is dropped whole. So it
-	// always remembers at least the MaxKeys/2 most recent keys (and at
-	// most MaxKeys), each until it expires. A dropped processed key lets
+	// remembers about the MaxKeys/2 most recent keys at least (less the
+	// claims in flight at a rotation, which take a second slot) and at
+	// most MaxKeys, each until it expires. A dropped processed key lets
 	// a later duplicate run again; a dropped claim lets a concurrent
 	// duplicate run. Default 100000.
 	MaxKeys int
@@ -67,7 +68,8 @@ func NewMemoryStore(opts MemoryStoreOptions) *MemoryStore {
 
 func (s *MemoryStore) now() int64 { return int64(time.Since(s.base)) }
 
-// get returns key's live entry (s.mu held).
+// get returns key's live entry (s.mu held). An entry in the current
+// generation shadows any older copy in the previous one, expired or not.
 func (s *MemoryStore) get(key string, now int64) (memEntry, bool) {
 	e, ok := s.cur[key]
 	if !ok && s.prev != nil {
@@ -79,16 +81,15 @@ func (s *MemoryStore) get(key string, now int64) (memEntry, bool) {
 	return e, ok
 }
 
-// put writes key into the current generation, rotating first when it is
-// full (s.mu held).
+// put writes key into the current generation (shadowing a copy in the
+// previous one), then rotates when the current generation is full (s.mu
+// held). One map write.
 func (s *MemoryStore) put(key string, e memEntry) {
-	if _, ok := s.cur[key]; !ok && len(s.cur) >= s.gen {
+	n := len(s.cur)
+	s.cur[key] = e
+	if len(s.cur) > n && len(s.cur) >= s.gen {
 		s.prev = s.cur
 		s.cur = make(map[string]memEntry, s.gen)
-	}
-	s.cur[key] = e
-	if s.prev != nil {
-		delete(s.prev, key)
 	}
 }
 
@@ -143,6 +144,8 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
 		return ErrStoreClosed
 	}
 	if e, ok := s.get(key, s.now()); ok && e.token != "" && e.token == token {
+		// Delete both copies: with the current one gone, an older copy
+		// in the previous generation would come back into view.
 		delete(s.cur, key)
 		if s.prev != nil {
 			delete(s.prev, key)

@@ -24,7 +24,7 @@ func TestMemoryStore(t *testing.T) {
 func TestMemoryStoreBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := t.Context()
-		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: 4}) // generations of 2
+		s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: 6}) // generations of 3
 		done := func(k string) {
 			if st, _ := s.Claim(ctx, k, "t", time.Minute); st != middleware.Claimed {
 				t.Fatalf("claim %s: %v", k, st)
@@ -39,14 +39,14 @@ func TestMemoryStoreBounded(t *testing.T) {
 		}
 		done("a")
 		done("b")
-		done("c") // rotates: {a b} becomes the previous generation
+		done("c") // claiming c fills the generation: {a b c} becomes the previous one
 		if state("a") != middleware.Processed || state("b") != middleware.Processed {
 			t.Fatal("the previous generation must still answer")
 		}
 		done("d")
-		done("e") // rotates again: {a b} dropped
-		if n := s.Len(); n > 4 {
-			t.Fatalf("Len = %d, want ≤ 4", n)
+		done("e") // rotates again: {c d e} previous, {a b} dropped
+		if n := s.Len(); n > 6 {
+			t.Fatalf("Len = %d, want ≤ 6", n)
 		}
 		if state("a") != middleware.Claimed {
 			t.Fatal("a key two generations old must be forgotten")
