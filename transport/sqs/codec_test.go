@@ -1,6 +1,7 @@
 package sqstransport
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -126,5 +127,55 @@ func TestAppendSimple(t *testing.T) {
 		if got := md.appendSimple(nil); got != string(want) {
 			t.Errorf("appendSimple = %s, want %s", got, want)
 		}
+	}
+}
+
+// TestSendWithRetry: entries failed on the service's side are sent again
+// (only they), sender faults are reported at once, and what still fails
+// after PublishAttempts is reported, never counted as sent.
+func TestSendWithRetry(t *testing.T) {
+	tr := &Transport{o: Options{PublishAttempts: 3}.withDefaults()}
+	b := []entry{{idx: 0, m: &message.Message{ID: "a"}}, {idx: 1, m: &message.Message{ID: "b"}}, {idx: 2, m: &message.Message{ID: "c"}}}
+	var calls [][]int
+	send := func(_ context.Context, es []entry) ([]EntryError, error) {
+		var idx []int
+		for _, e := range es {
+			idx = append(idx, e.idx)
+		}
+		calls = append(calls, idx)
+		var f []EntryError
+		for _, e := range es {
+			switch {
+			case e.m.ID == "b": // sender fault: never retried
+				f = append(f, EntryError{Index: e.idx, MessageID: "b", Code: "InvalidParameterValue", SenderFault: true})
+			case e.m.ID == "c" && len(calls) < 2: // throttled once
+				f = append(f, EntryError{Index: e.idx, MessageID: "c", Code: "Throttled"})
+			}
+		}
+		return f, nil
+	}
+	failed, err := tr.sendWithRetry(context.Background(), b, send)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(failed) != 1 || failed[0].MessageID != "b" {
+		t.Errorf("failed = %+v, want only b", failed)
+	}
+	if len(calls) != 2 || len(calls[1]) != 1 || calls[1][0] != 2 {
+		t.Errorf("calls = %v, want [0 1 2] then [2]", calls)
+	}
+	// Always failing on the service's side: reported after 3 attempts.
+	calls = nil
+	always := func(_ context.Context, es []entry) ([]EntryError, error) {
+		calls = append(calls, nil)
+		f := make([]EntryError, len(es))
+		for i, e := range es {
+			f[i] = EntryError{Index: e.idx, MessageID: e.m.ID, Code: "InternalError"}
+		}
+		return f, nil
+	}
+	failed, err = tr.sendWithRetry(context.Background(), b[:1], always)
+	if err != nil || len(failed) != 1 || len(calls) != 3 {
+		t.Errorf("failed %+v err %v after %d calls, want 1 failure after 3", failed, err, len(calls))
 	}
 }

@@ -158,14 +158,17 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		failed = append(failed, f...)
 	}
 	if t.o.FIFO || len(batches) == 1 {
-		for _, b := range batches {
+		for k, b := range batches {
 			run(b)
 			if ctxErr != nil || len(failed) > 0 && t.o.FIFO {
-				break // FIFO: nothing after a failed batch is sent
+				// FIFO: nothing after a failed batch is sent.
+				for _, later := range batches[k+1:] {
+					for _, e := range later {
+						failed = append(failed, EntryError{Index: e.idx, MessageID: e.m.ID, Code: "NotSent", Message: "an earlier message of this FIFO publish failed"})
+					}
+				}
+				break
 			}
-		}
-		if t.o.FIFO && (ctxErr != nil || len(failed) > 0) {
-			failed = unsent(batches, failed)
 		}
 	} else {
 		sem := make(chan struct{}, t.o.PublishConcurrency)
@@ -190,27 +193,6 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 	return nil
 }
 
-// unsent lists, for a FIFO publish that stopped at a failure, every message
-// that was not sent: the failed ones and those of later batches.
-func unsent(batches [][]entry, failed []EntryError) []EntryError {
-	seen := map[int]bool{}
-	for _, f := range failed {
-		seen[f.Index] = true
-	}
-	last := -1
-	for _, f := range failed {
-		last = max(last, f.Index)
-	}
-	for _, b := range batches {
-		for _, e := range b {
-			if e.idx > last && !seen[e.idx] {
-				failed = append(failed, EntryError{Index: e.idx, MessageID: e.m.ID, Code: "NotSent", Message: "an earlier message of this FIFO publish failed"})
-			}
-		}
-	}
-	return failed
-}
-
 func sortEntries(f []EntryError) {
 	for i := 1; i < len(f); i++ {
 		for j := i; j > 0 && f[j].Index < f[j-1].Index; j-- {
@@ -224,6 +206,7 @@ func sortEntries(f []EntryError) {
 // finally not sent, or ctx's error.
 func (t *Transport) sendWithRetry(ctx context.Context, b []entry, send func(context.Context, []entry) ([]EntryError, error)) ([]EntryError, error) {
 	backoff := 50 * time.Millisecond
+	var final []EntryError
 	for attempt := 1; ; attempt++ {
 		failed, err := send(ctx, b)
 		if err != nil {
@@ -231,17 +214,12 @@ func (t *Transport) sendWithRetry(ctx context.Context, b []entry, send func(cont
 				return nil, ctx.Err()
 			}
 			// The SDK already retried the call; report every entry.
-			out := make([]EntryError, len(b))
-			for i, e := range b {
-				out[i] = EntryError{Index: e.idx, MessageID: e.m.ID, Err: err}
+			for _, e := range b {
+				final = append(final, EntryError{Index: e.idx, MessageID: e.m.ID, Err: err})
 			}
-			return out, nil
-		}
-		if len(failed) == 0 {
-			return nil, nil
+			return final, nil
 		}
 		var retry []entry
-		var final []EntryError
 		for _, f := range failed {
 			if f.SenderFault || attempt >= t.o.PublishAttempts {
 				final = append(final, f)
@@ -255,11 +233,6 @@ func (t *Transport) sendWithRetry(ctx context.Context, b []entry, send func(cont
 		}
 		if len(retry) == 0 {
 			return final, nil
-		}
-		if len(final) > 0 {
-			// Report sender faults with whatever the retries leave.
-			more, err := t.sendWithRetry(ctx, retry, send)
-			return append(final, more...), err
 		}
 		b = retry
 		timer := time.NewTimer(backoff)
