@@ -527,7 +527,8 @@ func TestOpenURL(t *testing.T) {
 	ctx := ctxT(t)
 	u := strings.TrimSuffix(url, "/") + "/?exchange_type=fanout&queue_type=quorum&binding_keys=a.*,b.%23&binding_headers=x:1,y:2&binding_match=any" +
 		"&routing_key_header=rk&dead_letter_exchange=dlx&allow_unroutable=true&publish_channels=2&publish_retry=5s&no_publish_retry=true" +
-		"&reconnect_min=50ms&reconnect_max=2s&max_payload=1048576&connection_name=courier-url-test&heartbeat=5s&dial_timeout=3s"
+		"&reconnect_min=50ms&reconnect_max=2s&max_payload=1048576&connection_name=courier-url-test&heartbeat=5s&dial_timeout=3s" +
+		"&group_binding_keys=eu:eu.*|eu.%23,audit:%23"
 	c, err := transport.Open(ctx, u)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -539,7 +540,8 @@ func TestOpenURL(t *testing.T) {
 		o.BindingHeaders["x"] != "1" || o.BindingHeaders["y"] != "2" || o.BindingMatch != "any" || o.RoutingKeyHeader != "rk" ||
 		o.DeadLetterExchange != "dlx" || !o.AllowUnroutable || o.PublishChannels != 2 || o.PublishRetry != 5*time.Second ||
 		!o.NoPublishRetry || o.ReconnectMin != 50*time.Millisecond || o.ReconnectMax != 2*time.Second || o.MaxPayload != 1<<20 ||
-		o.ConnectionName != "courier-url-test" || o.Heartbeat != 5*time.Second || o.DialTimeout != 3*time.Second {
+		o.ConnectionName != "courier-url-test" || o.Heartbeat != 5*time.Second || o.DialTimeout != 3*time.Second ||
+		fmt.Sprint(o.GroupBindingKeys) != "map[audit:[#] eu:[eu.* eu.#]]" {
 		t.Errorf("options from URL: %+v", o)
 	}
 	if tr.Capabilities().Limits.MaxPayload != 1<<20 {

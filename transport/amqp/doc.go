@@ -18,7 +18,8 @@
 // named by Options.RoutingKeyHeader. Group queues are bound with
 // Options.BindingKeys (default "#", every message, on a topic exchange;
 // "" on a direct exchange), overridable per group with
-// Options.GroupBindingKeys, so topic-exchange wildcards ("eu.*",
+// Options.GroupBindingKeys (URL: group_binding_keys), so topic-exchange
+// wildcards ("eu.*",
 // "*.order.#") select what a group receives. A fanout exchange ignores
 // keys; a headers exchange binds with Options.BindingHeaders and
 // Options.BindingMatch (x-match all/any; no headers match everything).
@@ -127,6 +128,7 @@
 //	exchange_type           topic | fanout | direct | headers (default topic)
 //	queue_type              classic | quorum (default classic)
 //	binding_keys            comma-separated binding keys (default "#" for topic, "" for direct)
+//	group_binding_keys      per-group keys: group:key|key,group:key (default none)
 //	binding_headers         name:value,... for a headers exchange (default none: match all)
 //	binding_match           all | any (default all)
 //	routing_key_header      header whose value is the routing key (default: Message.Key)
@@ -141,7 +143,8 @@
 //	ca_file, cert_file, key_file, server_name, insecure_skip_verify
 //	                        TLS settings, amqps:// only (default: system roots)
 //
-// GroupBindingKeys, TLSConfig and Logger are set in Go only.
+// Options.TLSConfig (beyond the file parameters) and Options.Logger are
+// set in Go only.
 //
 // # Message mapping
 //

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/courierkit/courier/transport"
@@ -31,8 +32,8 @@ const (
 const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 // Options configure a Transport. The zero value connects to DefaultURL with
-// the defaults below. Every field except Logger, TLSConfig and
-// GroupBindingKeys can be set by a URL query parameter (named after URL:).
+// the defaults below. Every field except Logger can be set by a URL query
+// parameter (named after URL:; TLSConfig through the TLS file parameters).
 type Options struct {
 	// URL is the broker: amqp://user:pass@host:port/vhost or amqps://...
 	// Query parameters are not read here (transport.Open reads them into
@@ -70,7 +71,8 @@ type Options struct {
 	// direct ones.
 	BindingKeys []string
 	// GroupBindingKeys overrides BindingKeys per group name (no-group
-	// subscriptions use the key ""). Go only.
+	// subscriptions use the key ""). URL: group_binding_keys, as
+	// group:key|key,group:key (e.g. eu:eu.*|eu.#,audit:#). Default: none.
 	GroupBindingKeys map[string][]string
 	// BindingHeaders are the binding arguments of a headers exchange:
 	// header name to value, matched per BindingMatch. URL: binding_headers
@@ -209,8 +211,9 @@ func open(ctx context.Context, u *url.URL) (transport.Conn, error) {
 	q.Enum("exchange_type", &o.ExchangeType, ExchangeTopic, ExchangeFanout, ExchangeDirect, ExchangeHeaders)
 	q.Enum("queue_type", &o.QueueType, QueueClassic, QueueQuorum)
 	q.List("binding_keys", &o.BindingKeys)
-	var bh []string
+	var bh, gbk []string
 	q.List("binding_headers", &bh)
+	q.List("group_binding_keys", &gbk)
 	q.Enum("binding_match", &o.BindingMatch, "all", "any")
 	q.String("routing_key_header", &o.RoutingKeyHeader)
 	q.String("dead_letter_exchange", &o.DeadLetterExchange)
@@ -239,6 +242,16 @@ func open(ctx context.Context, u *url.URL) (transport.Conn, error) {
 				return nil, fmt.Errorf("amqptransport: parameter binding_headers: %q is not name:value", kv)
 			}
 			o.BindingHeaders[k] = v
+		}
+	}
+	if len(gbk) > 0 {
+		o.GroupBindingKeys = map[string][]string{}
+		for _, gk := range gbk {
+			g, keys, ok := cutColon(gk)
+			if !ok {
+				return nil, fmt.Errorf("amqptransport: parameter group_binding_keys: %q is not group:key|key", gk)
+			}
+			o.GroupBindingKeys[g] = append(o.GroupBindingKeys[g], strings.Split(keys, "|")...)
 		}
 	}
 	if caFile != "" || certFile != "" || keyFile != "" || serverName != "" || insecure {
