@@ -19,8 +19,8 @@
 // Options.BindingKeys (default "#", every message, on a topic exchange;
 // "" on a direct exchange), overridable per group with
 // Options.GroupBindingKeys (URL: group_binding_keys), so topic-exchange
-// wildcards ("eu.*",
-// "*.order.#") select what a group receives. A fanout exchange ignores
+// wildcards ("eu.*", "*.order.#") select what a group receives. A fanout
+// exchange ignores
 // keys; a headers exchange binds with Options.BindingHeaders and
 // Options.BindingMatch (x-match all/any; no headers match everything).
 // Topic and group names are limited to 100 characters so that queue names
