@@ -629,3 +629,85 @@ func TestSubscriptionSettings(t *testing.T) {
 		t.Errorf("declare with another dead-letter policy: %v, want ErrConflict", err)
 	}
 }
+
+// TestCloseNacksRunningHandler: Close cancels a running handler's ctx,
+// Subscribe returns ErrClosed at once, and the message comes back to the
+// group without waiting for the ack deadline.
+func TestCloseNacksRunningHandler(t *testing.T) {
+	addr := emulator(t)
+	tr := open(t, testOptions(addr))
+	ctx := ctxT(t)
+	topic := name("cl")
+	o := transport.SubscribeOptions{Group: "g", AckWait: 60 * time.Second}
+	if err := tr.Declare(ctx, topic, o); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, topic, &message.Message{ID: "held"}); err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{})
+	subErr := make(chan error, 1)
+	go func() {
+		subErr <- tr.Subscribe(context.Background(), topic, message.HandlerFunc(func(hctx context.Context, m *message.Message) error {
+			close(entered)
+			<-hctx.Done()
+			return hctx.Err()
+		}), o)
+	}()
+	select {
+	case <-entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("handler did not start")
+	}
+	start := time.Now()
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-subErr:
+		if !errors.Is(err, transport.ErrClosed) {
+			t.Errorf("Subscribe after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Subscribe did not return after Close")
+	}
+	rec := &recorder{}
+	run(t, open(t, testOptions(addr)), topic, o, rec)
+	if !waitFor(20*time.Second, func() bool { return rec.len() >= 1 }) {
+		t.Fatal("message not redelivered after Close")
+	}
+	// Well within the 60s ack deadline: it was nacked, not abandoned.
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("redelivered %v after Close", d)
+	}
+}
+
+// TestForeignMessage: a message published without courier's ID attribute
+// gets Pub/Sub's message ID and keeps all its attributes as headers.
+func TestForeignMessage(t *testing.T) {
+	addr := emulator(t)
+	tr := open(t, testOptions(addr))
+	ctx := ctxT(t)
+	topic := name("fm")
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, topic, o); err != nil {
+		t.Fatal(err)
+	}
+	var client *pubsub.Client
+	tr.As(&client)
+	p := client.Publisher("projects/" + project + "/topics/" + topic)
+	id, err := p.Publish(ctx, &pubsub.Message{Data: []byte("raw"), Attributes: map[string]string{"origin": "elsewhere"}}).Get(ctx)
+	p.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	run(t, tr, topic, o, rec)
+	if !waitFor(20*time.Second, func() bool { return rec.len() >= 1 }) {
+		t.Fatal("not received")
+	}
+	m := rec.snapshot()[0]
+	if m.ID != id || m.Headers["origin"] != "elsewhere" || len(m.Headers) != 1 || string(m.Payload) != "raw" {
+		t.Errorf("received %+v, want ID %s and header origin", m, id)
+	}
+}

@@ -16,8 +16,6 @@ import (
 
 // subscription is one running Subscribe call.
 type subscription struct {
-	d        *transport.Dispatcher
-	fetch    context.CancelFunc // stops pulling
 	stopOnce sync.Once
 	graceful chan struct{} // closed by Shutdown
 }
@@ -75,7 +73,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	})
 	fctx, fetch := context.WithCancel(context.WithoutCancel(ctx))
 	defer fetch()
-	s := &subscription{d: d, fetch: fetch, graceful: make(chan struct{})}
+	s := &subscription{graceful: make(chan struct{})}
 
 	t.mu.Lock()
 	if t.closed {
