@@ -113,7 +113,8 @@
 //     previous holder committed).
 //  3. Publish them: one Publish call per topic, in "waves" that keep each
 //     key's rows in sequence order even when a key moves between topics.
-//     When a call fails, its rows are retried one at a time, so one bad
+//     When a call fails, its messages are tried again one at a time (not
+//     after a timeout, and at most three failing in a row), so one bad
 //     message or key does not hold back the others.
 //  4. Delete the published rows (or, with Retention, mark them), record
 //     failures, and commit, which releases the partitions.

@@ -1114,3 +1114,31 @@ func TestThreeRelaysWithFailuresKeepOrder(t *testing.T) {
 	f.mu.Unlock()
 	t.Logf("%d publish calls failed and were retried", f.fails.Load())
 }
+
+// A Publish that times out is not retried message by message in the same
+// batch (that would hold the partitions for PublishTimeout per message):
+// the rows are retried later.
+func TestPublishTimeoutFailsTheGroup(t *testing.T) {
+	e := newEnv(t, 1)
+	w := e.outbox(t, outbox.Options{})
+	tr, _ := memSink(t, "t")
+	g := &gate{Publisher: tr, entered: make(chan struct{}, 1), release: make(chan struct{})} // never released
+	var calls atomic.Int64
+	counting := &countingPub{Publisher: g, n: &calls}
+	e.startRelay(t, counting, outbox.RelayOptions{PollInterval: 20 * time.Millisecond, PublishTimeout: 100 * time.Millisecond, RetryMin: time.Hour})
+	e.writeRows(t, w, "t", 10, 10, 10)
+	waitFor(t, 10*time.Second, "rows retried later", func() bool { return e.count(t, "attempts = 1") == 10 })
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d publish calls, want 1", n)
+	}
+}
+
+type countingPub struct {
+	transport.Publisher
+	n *atomic.Int64
+}
+
+func (c *countingPub) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	c.n.Add(1)
+	return c.Publisher.Publish(ctx, topic, msgs...)
+}

@@ -742,7 +742,10 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 	if ctx.Err() != nil {
 		return
 	}
-	if len(ok) == 1 {
+	if len(ok) == 1 || errors.Is(err, context.DeadlineExceeded) {
+		// One message, or a transport that did not answer within
+		// PublishTimeout: trying each message alone would hold the
+		// partitions for that long again per message.
 		r.fail(topic, batch, ok, err, state, errs, blocked)
 		return
 	}
