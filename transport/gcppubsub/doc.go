@@ -46,7 +46,8 @@
 // Message.Attempt, Capabilities().AttemptCount is true, and
 // SubscribeOptions.MaxAttempts is accepted (without it, MaxAttempts is an
 // error matching transport.ErrUnsupported rather than a limit that never
-// triggers).
+// triggers). Subscriptions to the dead-letter topic itself get no policy,
+// so their messages carry no Attempt.
 //
 // # URL
 //
