@@ -17,26 +17,36 @@ import (
 	"github.com/courierkit/courier/outbox"
 )
 
-// The inbox passes the shared IdempotencyStore suite.
+// The inbox passes the shared IdempotencyStore suite, through
+// database/sql and through a pgx pool.
 func TestInboxStoreSuite(t *testing.T) {
 	e := newEnv(t, 1)
+	pool, err := pgxpool.New(context.Background(), e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
 	var n atomic.Int64
-	storetest.Run(t, storetest.Harness{
-		New: func(t *testing.T) middleware.IdempotencyStore {
-			// One table for all cases, a fresh inbox table per case.
-			tables := e.tables
-			tables.Inbox = fmt.Sprintf("inbox_%d", n.Add(1))
-			if err := outbox.CreateSchema(context.Background(), outbox.SQL(e.db), outbox.SchemaOptions{Tables: tables, Partitions: 1}); err != nil {
-				t.Fatal(err)
-			}
-			in, err := outbox.NewInbox(outbox.SQL(e.db), outbox.InboxOptions{Tables: tables})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { in.Close() })
-			return in
-		},
-	})
+	for name, db := range map[string]outbox.DB{"database-sql": outbox.SQL(e.db), "pgxpool": outbox.Pgx(pool)} {
+		t.Run(name, func(t *testing.T) {
+			storetest.Run(t, storetest.Harness{
+				New: func(t *testing.T) middleware.IdempotencyStore {
+					// A fresh inbox table per case.
+					tables := e.tables
+					tables.Inbox = fmt.Sprintf("inbox_%d", n.Add(1))
+					if err := outbox.CreateSchema(context.Background(), db, outbox.SchemaOptions{Tables: tables, Partitions: 1}); err != nil {
+						t.Fatal(err)
+					}
+					in, err := outbox.NewInbox(db, outbox.InboxOptions{Tables: tables})
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { in.Close() })
+					return in
+				},
+			})
+		})
+	}
 }
 
 func newInbox(t *testing.T, e *env, db outbox.DB) *outbox.Inbox {
