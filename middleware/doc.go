@@ -102,7 +102,40 @@
 //
 // # Performance
 //
-// See BenchmarkMiddleware (each middleware's own cost, called directly)
-// and BenchmarkStackOnMem (the full stack end to end on the mem
-// transport); figures are in the section below.
+// Measured on the project's 2-core machine while about eight other
+// engineers' builds and tests ran on it (load average 8–12): wall time per
+// op there mostly measures waiting for a core, so the benchmarks also
+// report the process's CPU time per op (cpu-ns/op), the figure quoted
+// here (medians of three runs; expect lower on an idle machine).
+//
+// BenchmarkMiddleware: each middleware alone around a no-op handler,
+// called directly with a router delivery context, a new message ID per
+// call (the bare call costs 11 ns):
+//
+//	Recover            +6 ns    0 allocs
+//	CorrelationID     +57 ns    0 allocs (header map already present)
+//	Logging (off)      +7 ns    0 allocs (logger drops every level)
+//	Retry            +120 ns    1 alloc  (the per-attempt context)
+//	Redelivery         +5 ns    0 allocs
+//	DeadLetter         +5 ns    0 allocs
+//	Idempotency      +645 ns    3 allocs (MemoryStore: scoped key, token, map growth)
+//	CircuitBreaker   +185 ns    0 allocs (gobreaker: two clock reads, two locks)
+//	Timeout          +180 ns    1 alloc
+//	RateLimit (Inf)  +100 ns    0 allocs
+//	Recommended     +1.3 µs     4 allocs (with the MemoryStore; Timeout folded into Retry)
+//
+// BenchmarkStackOnMem: publish → router → handler → ack on the mem
+// transport, bare handler vs. Recommended with a MemoryStore:
+//
+//	Concurrency 1: 0.87–1.0 µs vs 2.6–2.9 µs CPU per message → +1.6–2.0 µs, +6 allocs (4 → 10)
+//	Concurrency 4: 1.27–1.35 µs vs 3.3–3.35 µs                → +2.0 µs,     +6 allocs
+//
+// The allocation budget of the issue (≤ 8 per message over a bare
+// handler) is met; the time budget (≤ 1.5 µs) is not demonstrated on this
+// loaded machine: the direct-call stack costs 1.3 µs CPU, and on the
+// transport the extra is the consumed message's header map that
+// CorrelationID has to create (mem delivers messages without headers)
+// plus cache misses of the MemoryStore's map once the transport's own
+// work has evicted it. Idempotency's store is the largest single cost;
+// without it the stack costs about 0.6 µs.
 package middleware
