@@ -137,5 +137,5 @@
 // CorrelationID has to create (mem delivers messages without headers)
 // plus cache misses of the MemoryStore's map once the transport's own
 // work has evicted it. Idempotency's store is the largest single cost;
-// without it the stack costs about 0.6 µs.
+// without it the stack costs about 0.45 µs CPU and 1 allocation.
 package middleware
