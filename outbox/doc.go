@@ -194,9 +194,9 @@
 //	})
 //
 // Handler runs each delivery in one transaction: Mark records the key
-// (group + ":" + ID) — a concurrent delivery of the same message blocks on
-// that record until the first transaction ends, then skips it — and fn
-// runs only the first time. Mark can be used directly inside a transaction
+// (group + "/" + ID, as middleware.Idempotency scopes it) — a concurrent
+// delivery of the same message blocks on that record until the first
+// transaction ends, then skips it — and fn runs only the first time. Mark can be used directly inside a transaction
 // the application manages.
 //
 // Inbox also implements middleware.IdempotencyStore (Claim, Done,

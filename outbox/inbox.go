@@ -311,7 +311,9 @@ func (in *Inbox) Mark(ctx context.Context, tx DB, key, token string, retention t
 
 // Handler returns a message.Handler that applies each message once per
 // group: in one transaction on the Inbox's database it marks the message
-// (key group + ":" + ID) and, when it was not processed before, calls fn
+// (key group + "/" + ID, or the ID alone when group is empty: the keys
+// middleware.Idempotency stores with that Scope, so both paths recognize
+// each other's records) and, when it was not processed before, calls fn
 // with that transaction; the transaction commits when fn returns nil and
 // rolls back when it returns an error (the message is then nacked and
 // redelivered). A message already processed is acked without calling fn.
@@ -322,7 +324,10 @@ func (in *Inbox) Handler(group string, fn func(ctx context.Context, tx DB, m *me
 		if in.isClosed() {
 			return middleware.ErrStoreClosed
 		}
-		key := group + ":" + m.ID
+		key := m.ID
+		if group != "" {
+			key = group + "/" + m.ID
+		}
 		err := in.db.inTx(ctx, func(ctx context.Context, tx DB) error {
 			first, err := in.Mark(ctx, tx, key, "", 0)
 			if err != nil {

@@ -231,3 +231,30 @@ func TestInboxWithIdempotencyMiddleware(t *testing.T) {
 		t.Fatalf("handler ran %d times", runs.Load())
 	}
 }
+
+// Handler and the Idempotency middleware with the same scope share their
+// records: a message processed by one is a duplicate for the other.
+func TestInboxHandlerAndMiddlewareShareKeys(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	in := newInbox(t, e, outbox.SQL(e.db))
+	var runs atomic.Int64
+	viaHandler := in.Handler("billing", func(context.Context, outbox.DB, *message.Message) error { runs.Add(1); return nil })
+	viaMiddleware := message.Chain(message.HandlerFunc(func(context.Context, *message.Message) error { runs.Add(1); return nil }),
+		middleware.Idempotency(in, middleware.IdempotencyOptions{Scope: "billing"}))
+	if err := viaHandler.Handle(ctx, &message.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := viaMiddleware.Handle(ctx, &message.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := viaMiddleware.Handle(ctx, &message.Message{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := viaHandler.Handle(ctx, &message.Message{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if runs.Load() != 2 {
+		t.Fatalf("%d runs for 2 messages", runs.Load())
+	}
+}
