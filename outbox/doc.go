@@ -134,7 +134,7 @@
 // dead_at is set, Hooks.OnFailure is told, the error is logged, and its
 // key moves on — a dead row is the one place where a key's order is given
 // up, on purpose, so one poisoned row does not stop its key for ever.
-// Dead rows stay until an operator acts:
+// Dead rows stay until an operator acts (RequeueDead does the first):
 //
 //	-- publish them again (in their original order):
 //	UPDATE courier_outbox SET dead_at = NULL, attempts = 0, available_at = now() WHERE dead_at IS NOT NULL;

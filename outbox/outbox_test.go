@@ -479,9 +479,7 @@ func TestUndeliverableRowBecomesDead(t *testing.T) {
 	}
 	tx.Commit(ctx)
 	waitFor(t, 10*time.Second, "rows to settle", func() bool { return e.count(t, "dead_at IS NULL") == 0 })
-	if deadN.Load() != 1 {
-		t.Errorf("%d dead rows reported", deadN.Load())
-	}
+	waitFor(t, 5*time.Second, "dead row reported", func() bool { return deadN.Load() == 1 })
 	b, err := r.Backlog(ctx, outbox.Pgx(e.conn))
 	if err != nil {
 		t.Fatal(err)
@@ -496,6 +494,12 @@ func TestUndeliverableRowBecomesDead(t *testing.T) {
 	if !strings.Contains(lastErr, "payload") {
 		t.Errorf("last_error %q", lastErr)
 	}
+	// An operator requeues it: still too big for this transport, it dies
+	// again.
+	if n, err := outbox.RequeueDead(ctx, outbox.Pgx(e.conn), e.tables); err != nil || n != 1 {
+		t.Fatalf("RequeueDead: %d %v", n, err)
+	}
+	waitFor(t, 10*time.Second, "requeued row to die again", func() bool { return deadN.Load() == 2 })
 }
 
 // MaxAttempts makes a row dead after that many failures.

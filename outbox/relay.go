@@ -883,3 +883,25 @@ func backlog(ctx context.Context, db any, n names) (Backlog, error) {
 	b.OldestAge = time.Duration(age * float64(time.Second))
 	return b, nil
 }
+
+// RequeueDead makes the dead rows of the outbox named by t publishable
+// again (attempts reset, in their original order) and returns how many.
+// Fix what made them fail first (a too-small broker limit, a missing
+// permission), or they die again.
+func RequeueDead(ctx context.Context, db DB, t Tables) (int64, error) {
+	n, err := t.resolve()
+	if err != nil {
+		return 0, err
+	}
+	if err := db.valid(); err != nil {
+		return 0, err
+	}
+	c, err := db.exec(ctx, fmt.Sprintf("UPDATE %s SET dead_at = NULL, attempts = 0, available_at = now() WHERE dead_at IS NOT NULL", n.outbox))
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, fmt.Errorf("outbox: requeue dead rows: %w", err)
+	}
+	return c, nil
+}
