@@ -36,8 +36,11 @@ type DeadLetterOptions struct {
 	Topic string
 	// MaxAttempts dead-letters a message whose delivery attempt
 	// (Message.Attempt, counted by the transport or by Redelivery) has
-	// reached this number and failed again. Default 5. Permanent errors
-	// are dead-lettered at the first failure regardless.
+	// reached this number and failed again. Default 5. It counts
+	// deliveries, not handler runs: with Retry inside, the handler runs
+	// at most MaxAttempts × RetryOptions.MaxAttempts times before the
+	// message is dead-lettered. Permanent errors are dead-lettered at
+	// the first failure regardless.
 	MaxAttempts int
 	// Publisher publishes the dead letters. Default: the Router's
 	// (Delivery.Publisher).

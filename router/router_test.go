@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -374,11 +375,11 @@ func TestRunUntilSignal(t *testing.T) {
 	mem := newMem(t)
 	declare(t, mem, "jobs", "w")
 	r := router.New(mem, router.Options{})
-	started := make(chan struct{})
+	started, release := make(chan struct{}), make(chan struct{})
 	finished := atomic.Bool{}
 	_ = r.Handle("jobs", "w", message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
 		close(started)
-		time.Sleep(50 * time.Millisecond) // in flight when the signal arrives
+		<-release // in flight when the signal arrives
 		finished.Store(true)
 		return nil
 	}))
@@ -389,13 +390,27 @@ func TestRunUntilSignal(t *testing.T) {
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
+	// The signal starts a graceful drain (poll the health state, bounded).
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Health(t.Context()).State != "draining" {
+		if time.Now().After(deadline) {
+			t.Fatal("no drain 10s after the signal")
+		}
+		runtime.Gosched()
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("RunUntilSignal returned %v while a handler was in flight", err)
+	default:
+	}
+	close(release)
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatalf("RunUntilSignal = %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("no shutdown 10s after the signal")
+		t.Fatal("no shutdown 10s after the handler finished")
 	}
 	if !finished.Load() {
 		t.Fatal("the in-flight handler did not finish before RunUntilSignal returned")

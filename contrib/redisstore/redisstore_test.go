@@ -2,8 +2,10 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,22 +86,39 @@ func TestIdempotencyAcrossProcesses(t *testing.T) {
 	p := prefix()
 	t.Cleanup(func() { cleanup(c1, p) })
 	var runs atomic.Int32
+	var gate chan struct{}
 	h := message.HandlerFunc(func(context.Context, *message.Message) error {
 		runs.Add(1)
-		time.Sleep(20 * time.Millisecond)
+		<-gate // hold the claim until the other delivery was turned away
 		return nil
 	})
 	a := middleware.Idempotency(redisstore.New(c1, redisstore.Options{Prefix: p}), middleware.IdempotencyOptions{Scope: "g"})(h)
 	b := middleware.Idempotency(redisstore.New(c2, redisstore.Options{Prefix: p}), middleware.IdempotencyOptions{Scope: "g"})(h)
 	for i := range 20 {
 		id := fmt.Sprintf("m-%d", i)
+		gate = make(chan struct{})
+		var release sync.Once
 		errs := make(chan error, 2)
-		go func() { errs <- a.Handle(t.Context(), &message.Message{ID: id}) }()
-		go func() { errs <- b.Handle(t.Context(), &message.Message{ID: id}) }()
+		for _, mw := range []message.Handler{a, b} {
+			go func() {
+				err := mw.Handle(t.Context(), &message.Message{ID: id})
+				if err != nil {
+					release.Do(func() { close(gate) }) // the loser returns at once: release the winner
+				}
+				errs <- err
+			}()
+		}
+		turnedAway := 0
 		for range 2 {
-			if err := <-errs; err != nil && !isInProgress(err) {
-				t.Fatal(err)
+			if err := <-errs; err != nil {
+				if !errors.Is(err, middleware.ErrInProgress) {
+					t.Fatal(err)
+				}
+				turnedAway++
 			}
+		}
+		if turnedAway != 1 {
+			t.Fatalf("message %s: %d deliveries turned away, want exactly 1", id, turnedAway)
 		}
 		// The redelivery of the loser finds it processed.
 		if err := b.Handle(t.Context(), &message.Message{ID: id}); err != nil {
@@ -115,11 +134,6 @@ func TestIdempotencyAcrossProcesses(t *testing.T) {
 	if ttl := c1.PTTL(t.Context(), p+"g/m-0").Val(); ttl <= 23*time.Hour {
 		t.Fatalf("retention TTL %v, want ~24h", ttl)
 	}
-}
-
-func isInProgress(err error) bool {
-	_, ok := message.RetryDelay(err)
-	return ok
 }
 
 func TestRedisDown(t *testing.T) {
