@@ -49,7 +49,11 @@
 // them in the other order, can deadlock on these locks; PostgreSQL then
 // aborts one of them (SQLSTATE 40P01), which the application retries. One
 // Publish call takes its locks in a fixed order and cannot deadlock with
-// another call.
+// another call. Each distinct key holds one lock until the transaction
+// ends, in PostgreSQL's shared lock table (max_locks_per_transaction ×
+// max_connections entries for all sessions): a bulk transaction writing
+// thousands of distinct keys should use an Outbox with NoKeyLock, or the
+// setting be raised.
 //
 // # Schema
 //
