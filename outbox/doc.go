@@ -275,12 +275,13 @@
 //	                the Publish call alone p50 156-244 µs, p99 0.98-5.2 ms
 //	  pgx, NoKeyLock and NoNotify: Publish call p50 141-209 µs (the lock and the notify cost little)
 //	go test -run '^$' -bench Relay -benchtime=50000x ./outbox/
-//	  one relay, 200-byte payloads, 100 keys, rows written before it starts:
-//	  to the mem transport, defaults (BatchSize 500, MaxPartitions 16 of 64): 24,700-28,500 msg/s
-//	                        MaxPartitions 64:                                 31,100-34,900 msg/s
+//	  one relay, 200-byte payloads, 100 keys, rows written before it starts;
+//	  three runs, load average 6 to 11:
+//	  to the mem transport, defaults (BatchSize 500, MaxPartitions 16 of 64): 24,700-43,900 msg/s
+//	                        MaxPartitions 64:                                 31,100-70,700 msg/s
 //	                        BatchSize 2000, MaxPartitions 64:                 30,000-57,400 msg/s
-//	  to NATS JetStream at 127.0.0.1:4222 (natstransport, acks awaited):      9,500-11,200 msg/s
-//	  to RabbitMQ at 127.0.0.1:5672 (amqptransport, publisher confirms):      7,400-9,900 msg/s
+//	  to NATS JetStream at 127.0.0.1:4222 (natstransport, acks awaited):      9,500-17,300 msg/s
+//	  to RabbitMQ at 127.0.0.1:5672 (amqptransport, publisher confirms):      7,100-10,400 msg/s
 //
 // The target of "at most 1 ms added at p99" was met in 1 of 6 pgx runs
 // and 2 of 6 database/sql runs on this loaded machine and missed in the
