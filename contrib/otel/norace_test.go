@@ -1,0 +1,5 @@
+//go:build !race
+
+package courierotel_test
+
+const raceEnabled = false
