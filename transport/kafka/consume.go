@@ -54,6 +54,9 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 		parts:    map[*partState]struct{}{},
 	}
 	s.q.signal = make(chan struct{}, 1)
+	if so.Concurrency <= 1 {
+		s.serial = new(sync.Mutex)
+	}
 	dopts := so
 	dopts.OrderedByKey = false // per-key order is kept here, across nacks too
 	s.disp = transport.NewDispatcher(ctx, h, transport.DispatchOptions{
@@ -146,8 +149,9 @@ type subscription struct {
 	runDone  chan struct{} // closed when fetching ended
 	feedDone chan struct{} // closed when the feeder ended
 
-	lim *limiter // MaxInFlight: taken at fetch, returned at ack or drop
-	q   queue
+	lim    *limiter    // MaxInFlight: taken at fetch, returned at ack or drop
+	serial *sync.Mutex // Concurrency 1: held while delivering (handlers run inline)
+	q      queue
 
 	mu    sync.Mutex
 	parts map[*partState]struct{}
@@ -405,7 +409,7 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 			for _, cm := range batch[:n] {
 				ds = append(ds, &delivery{pt: pt, cm: cm, attempt: 1})
 			}
-			pt.submit(ds)
+			s.dispatch(pt.admit(ds))
 			batch = batch[n:]
 		}
 		if closed {
@@ -430,24 +434,39 @@ func (s *subscription) feed() {
 		if !ok {
 			return
 		}
-		for i, d := range batch {
-			batch[i] = nil
-			pt := d.pt
-			pt.mu.Lock()
-			if pt.revoked {
-				pt.mu.Unlock()
-				pt.drop(d)
-				continue
-			}
-			pt.inDispatch++
+		s.dispatch(batch)
+		clear(batch)
+	}
+}
+
+// dispatch hands ds to the Dispatcher in order. With Concurrency 1 the
+// handler runs inside Deliver, so callers (each partition's reader and
+// the feeder) take turns batch by batch under serial: one handler at a
+// time for the subscription, and no goroutine hand-off per message.
+func (s *subscription) dispatch(ds []*delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	if s.serial != nil {
+		s.serial.Lock()
+		defer s.serial.Unlock()
+	}
+	for _, d := range ds {
+		pt := d.pt
+		pt.mu.Lock()
+		if pt.revoked {
 			pt.mu.Unlock()
-			if err := s.disp.Deliver(pt.ctx, d.message(), d); err != nil {
-				pt.mu.Lock()
-				pt.inDispatch--
-				pt.cond.Broadcast()
-				pt.mu.Unlock()
-				pt.drop(d)
-			}
+			pt.drop(d)
+			continue
+		}
+		pt.inDispatch++
+		pt.mu.Unlock()
+		if err := s.disp.Deliver(pt.ctx, d.message(), d); err != nil {
+			pt.mu.Lock()
+			pt.inDispatch--
+			pt.cond.Broadcast()
+			pt.mu.Unlock()
+			pt.drop(d)
 		}
 	}
 }
@@ -554,9 +573,10 @@ func (s *subscription) newPart(p int32, parent context.Context, mark func(int64)
 	return pt
 }
 
-// submit records the offsets of ds (fetched, in offset order) as
-// outstanding and queues them, holding back those whose key is busy.
-func (pt *partState) submit(ds []*delivery) {
+// admit records the offsets of ds (fetched, in offset order) as
+// outstanding and returns those to dispatch now, holding back those whose
+// key is busy.
+func (pt *partState) admit(ds []*delivery) []*delivery {
 	pt.mu.Lock()
 	for _, d := range ds {
 		pt.pending = append(pt.pending, pendingOffset{off: d.cm.Offset})
@@ -567,7 +587,7 @@ func (pt *partState) submit(ds []*delivery) {
 		for _, d := range ds {
 			pt.drop(d)
 		}
-		return
+		return nil
 	}
 	out := ds
 	if pt.keys != nil {
@@ -585,11 +605,7 @@ func (pt *partState) submit(ds []*delivery) {
 		}
 	}
 	pt.mu.Unlock()
-	if !pt.s.q.push(out...) {
-		for _, d := range out {
-			pt.drop(d)
-		}
-	}
+	return out
 }
 
 // find returns the position of off in pending (offsets are appended in
