@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,10 +21,11 @@ type deadlineCtx struct {
 	context.Context // parent
 	deadline        time.Time
 
-	mu       sync.Mutex
+	mu       sync.Mutex // guards child and cancel
 	child    context.Context
 	cancel   context.CancelFunc
-	released bool
+	made     atomic.Bool // child exists (set under mu)
+	released atomic.Bool
 }
 
 func newDeadlineCtx(parent context.Context, d time.Time) *deadlineCtx {
@@ -46,7 +48,8 @@ func (c *deadlineCtx) materialize() context.Context {
 		} else {
 			c.child, c.cancel = context.WithDeadline(c.Context, c.deadline)
 		}
-		if c.released {
+		c.made.Store(true)
+		if c.released.Load() {
 			c.cancel()
 		}
 	}
@@ -64,16 +67,16 @@ func (c *deadlineCtx) Deadline() (time.Time, bool) {
 func (c *deadlineCtx) Done() <-chan struct{} { return c.materialize().Done() }
 
 func (c *deadlineCtx) Err() error {
-	c.mu.Lock()
-	child, released := c.child, c.released
-	c.mu.Unlock()
-	if child != nil {
+	if c.made.Load() {
+		c.mu.Lock()
+		child := c.child
+		c.mu.Unlock()
 		return child.Err()
 	}
 	if err := c.Context.Err(); err != nil {
 		return err
 	}
-	if released {
+	if c.released.Load() {
 		return context.Canceled
 	}
 	if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
@@ -90,16 +93,15 @@ func (c *deadlineCtx) AfterFunc(f func()) func() bool {
 
 // release is the CancelFunc: it ends the context (Canceled, unless it
 // already ended) and frees the timer.
+// Without a child it is two atomic operations: a child made
+// concurrently sees released and cancels itself.
 func (c *deadlineCtx) release() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.released {
+	if c.released.Swap(true) || !c.made.Load() {
 		return
 	}
-	c.released = true
-	if c.cancel != nil {
-		c.cancel()
-	}
+	c.mu.Lock()
+	c.cancel()
+	c.mu.Unlock()
 }
 
 // Value passes through; String names the context in panics and logs.

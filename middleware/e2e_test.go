@@ -371,3 +371,32 @@ func TestE2ERedeliveryUsesDelayedNack(t *testing.T) {
 		}
 	})
 }
+
+// Redelivery's hold fallback (for transports without delayed nack) is cut
+// short by a graceful shutdown: the message goes back to the broker at
+// once instead of holding the drain for the whole delay.
+func TestE2EShutdownDuringRedeliveryHold(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		e := newEnv(t, middleware.StackOptions{
+			Retry:      middleware.RetryOptions{MaxAttempts: 1},
+			Redelivery: middleware.RedeliveryOptions{Mode: middleware.RedeliveryHold, InitialDelay: time.Hour},
+		}, message.HandlerFunc(func(context.Context, *message.Message) error {
+			calls.Add(1)
+			return errBoom
+		}), transport.SubscribeOptions{})
+		e.publish(message.New(nil))
+		for calls.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		synctest.Wait() // holding for up to an hour now
+		start := time.Now()
+		e.stop()
+		if time.Since(start) != 0 {
+			t.Fatalf("shutdown waited %v for the hold", time.Since(start))
+		}
+		if l := e.lag("jobs", "workers"); l.Pending != 1 || calls.Load() != 1 {
+			t.Fatalf("lag %+v after %d calls: the message must be back in the broker", l, calls.Load())
+		}
+	})
+}
