@@ -85,6 +85,14 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 	}
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if !i.tracing() && !i.metering() {
+				// Nothing to record: pass the trace context through,
+				// as no-op spans would, and nothing else.
+				if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
+					ctx = i.prop.Extract(ctx, HeaderCarrier(m.Headers))
+				}
+				return next.Handle(ctx, m)
+			}
 			return i.process(ctx, next, m, system, &o)
 		})
 	}
@@ -93,14 +101,6 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions) error {
 	tracing := i.tracing()
 	measure := i.metering()
-	if !tracing && !measure {
-		// Nothing to record: pass the trace context through, as no-op
-		// spans would, and nothing else.
-		if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
-			ctx = i.prop.Extract(ctx, HeaderCarrier(m.Headers))
-		}
-		return next.Handle(ctx, m)
-	}
 	var start time.Time
 	if measure {
 		start = time.Now()

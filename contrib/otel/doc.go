@@ -166,26 +166,24 @@
 // transport. Each reports wall ns/op and the process's CPU ns/op.
 //
 // Figures from the 2-core shared development machine (Intel Xeon,
-// linux/amd64, Go 1.26, load average 8-12 from other builds: time.Now took
-// 138 ns there, several times an idle machine's), median of 5 runs, CPU
-// ns per message:
+// linux/amd64, Go 1.26, load average 7-12 from other builds: time.Now took
+// 138 ns there, several times an idle machine's), CPU ns per message,
+// median of 5 runs (two sessions of runs where they differed):
 //
-//	                          bare     global no-op    SDK (batcher, discard exporter, always sample)
-//	BenchmarkOverhead          196      265 (+70)       15 070
-//	BenchmarkSDKFloor           -        -              13 400 (the SDK alone)
-//	BenchmarkMem              1 640    1 900 (+260*)   21 700
+//	                     bare        global no-op         SDK (batcher, discard exporter, always sample)
+//	BenchmarkOverhead    192-220     262-301 (+70..80)    15 070-18 230
+//	BenchmarkSDKFloor     -           -                   13 440-15 550 (the SDK alone)
+//	BenchmarkMem         1 640       1 900 (noise ±150)   21 700
 //
-//	* within the run-to-run noise of the mem benchmark (1 500 to 1 800 bare)
-//
-// So the global no-op provider costs about 70 ns per message there, inside
-// the 100 ns budget even on that machine, with 0 extra allocations. With
-// the SDK, courier adds about 1.6 µs (12%) of CPU to the SDK's own 13.4 µs
-// on that machine; the 2 µs budget for the whole instrumented path was not
-// met there, and could not be by any instrumentation making the two spans
-// the conventions ask for, since the SDK alone took 13.4 µs. Allocations
-// per message with the SDK: 35 (5.6 KB), against the SDK floor's 32
-// (6.4 KB). Re-measure on a quiet machine before relying on absolute
-// numbers.
+// So the global no-op provider costs 45 ns (best runs) to 80 ns (medians)
+// per message there — within the 100 ns budget even on that machine —
+// with no extra allocation. With the SDK, courier adds 1.6 to 2.7 µs (12
+// to 17%) of CPU to the SDK's own 13.4 to 15.6 µs on that machine; the
+// 2 µs budget for the whole instrumented path was not met there, and could
+// not be by any instrumentation making the two spans the conventions ask
+// for, since the SDK alone took 13 µs or more. Allocations per message
+// with the SDK: 35 (5.6 KB), against the SDK floor's 32 (6.4 KB).
+// Re-measure on a quiet machine before relying on absolute numbers.
 //
 // # Concurrency
 //

@@ -77,6 +77,11 @@ func (p *Publisher) Close() error { return p.next.Close() }
 // Publish traces, measures and forwards the publish; see
 // Instrumentation.Publisher.
 func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if !p.i.tracing() && !p.i.metering() && !trace.SpanContextFromContext(ctx).IsValid() {
+		// Nothing to record and no trace context to carry: the
+		// transport fills missing IDs itself.
+		return p.next.Publish(ctx, topic, msgs...)
+	}
 	return p.i.publish(ctx, p.next, p.system, p.limits, topic, msgs)
 }
 
