@@ -323,11 +323,23 @@ func (s *jsSub) consume(ctx context.Context, ch chan<- delivery) error {
 		return err
 	}
 	defer s.drainIterator(it)
+	// Stop pulling when ctx ends; what the iterator buffered still comes
+	// out of Next and is returned for redelivery below.
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
 	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
+		// A bounded wait, not NextContext: the iterator decides whether
+		// to send the next pull request only inside Next, and a request
+		// skipped while the previous one was still being sent would
+		// otherwise leave it waiting for a heartbeat timeout (seen with
+		// small MaxInFlight under load). Returning every 250ms re-checks.
+		msg, err := it.Next(jetstream.NextMaxWait(nextWait))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if errors.Is(err, nats.ErrTimeout) {
+				continue
 			}
 			if errors.Is(err, jetstream.ErrNoHeartbeat) {
 				// Missing heartbeats: a healthy consumer resumes by
@@ -347,14 +359,20 @@ func (s *jsSub) consume(ctx context.Context, ch chan<- delivery) error {
 		if !ok {
 			continue
 		}
+		if ctx.Err() != nil {
+			s.leave(dv)
+			continue
+		}
 		select {
 		case ch <- dv:
 		case <-ctx.Done():
 			s.leave(dv)
-			return nil
 		}
 	}
 }
+
+// nextWait bounds one wait in the iterator's Next; see consume.
+const nextWait = 250 * time.Millisecond
 
 // drainIterator stops it and returns the messages it had buffered.
 func (s *jsSub) drainIterator(it jetstream.MessagesContext) {
