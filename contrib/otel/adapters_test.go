@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
 	_ "github.com/courierkit/courier/transport/amqp"
+	_ "github.com/courierkit/courier/transport/gcppubsub"
 	_ "github.com/courierkit/courier/transport/kafka"
 	_ "github.com/courierkit/courier/transport/nats"
 )
@@ -103,6 +105,26 @@ func TestTraceAcrossThreeServicesKafka(t *testing.T) {
 	wantNoAttr(t, po, "messaging.kafka.message.tombstone")
 }
 
+// pubsubURL starts a private pstest server (the Pub/Sub client library's
+// own fake) for the test, or uses $PUBSUB_EMULATOR_HOST.
+func pubsubURL(t testing.TB) string {
+	addr := testenv.PubSub(t, func(testing.TB) (string, func(), error) {
+		srv := pstest.NewServerWithAddress("127.0.0.1:0")
+		return srv.Addr, func() { _ = srv.Close() }, nil
+	})
+	return "gcppubsub://courier-test?emulator=" + addr + "&receive_goroutines=4"
+}
+
+// One order through three services is one trace on Pub/Sub (pstest), with
+// the ordering key as messaging.gcp_pubsub.message.ordering_key.
+func TestTraceAcrossThreeServicesPubSub(t *testing.T) {
+	url := pubsubURL(t)
+	orders, payments := unique("otel-orders"), unique("otel-payments")
+	r := runChain(t, "gcp_pubsub", openURL(url), orders, payments)
+	checkChain(t, "gcp_pubsub", r, orders, payments)
+	wantAttr(t, findSpan(r.spans, "process "+orders), "messaging.gcp_pubsub.message.ordering_key", "customer-7")
+}
+
 // Lag on the real adapters: where the adapter implements
 // transport.LagReporter, the gauge reports messages waiting for a declared
 // group; where it does not, ObserveLag says so with ErrNoLag.
@@ -110,7 +132,7 @@ func TestLagOnAdapters(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		url  func(t testing.TB) string
-	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}} {
+	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}, {"gcppubsub", pubsubURL}} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := openURL(tc.url(t))(t)
 			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})

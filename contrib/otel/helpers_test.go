@@ -20,10 +20,20 @@ import (
 	"github.com/courierkit/courier/transport"
 )
 
-// sarama (the Kafka adapter's client) starts go-metrics' meter arbiter
-// with its first client; it never stops.
+// Background goroutines of the broker SDKs the adapter tests link in,
+// ignored by their top function only:
+//   - sarama (Kafka) starts go-metrics' meter arbiter with its first
+//     client; it never stops;
+//   - go.opencensus.io's init (imported by the Pub/Sub client) starts its
+//     view worker for the life of the process;
+//   - pubsub/v2 v2.8.1: a stopped stream's keep-alive goroutine notices
+//     the stop only at its next ping tick, then exits.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"))
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"),
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreTopFunction("cloud.google.com/go/pubsub/v2.(*messageIterator).streamKeepAliveHandler"),
+	)
 }
 
 // newInst returns an Instrumentation recording spans into sr and metrics
