@@ -161,12 +161,16 @@ const (
 // the gauge exists before the first change.
 func (i *Instrumentation) BreakerStateChanged(name, from, to string) {
 	ctx := context.Background()
-	v := int64(0)
+	var v int64
 	switch to {
+	case BreakerClosed:
+		v = 0
 	case BreakerHalfOpen:
 		v = 1
 	case BreakerOpen:
 		v = 2
+	default:
+		return // not a state we know how to plot; leave the gauge as it was
 	}
 	i.breaker.Record(ctx, v, metric.WithAttributes(BreakerNameKey.String(name)))
 	if from != "" {

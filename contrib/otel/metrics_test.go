@@ -101,6 +101,7 @@ func TestMetricsEveryInstrument(t *testing.T) {
 	inst.BreakerStateChanged("payments-api", "", courierotel.BreakerClosed)
 	inst.BreakerStateChanged("payments-api", courierotel.BreakerClosed, courierotel.BreakerOpen)
 	inst.BreakerStateChanged("ledger", "", courierotel.BreakerClosed)
+	inst.BreakerStateChanged("ledger", courierotel.BreakerClosed, "unknown state: 7") // ignored
 
 	rm := collect(t, reader)
 	base := map[string]string{"messaging.system": "mem", "messaging.destination.name": "work"}
