@@ -16,16 +16,13 @@ type Check struct {
 	Func func(ctx context.Context) error
 }
 
-// Pinger is implemented by subscribers that can check their broker
-// connection. Health calls it when the Router's Subscriber implements it.
-// Otherwise, when the Subscriber is a transport.LagReporter, Health asks
-// the broker for the lag of the first running route with a group (a real
-// round trip); otherwise the broker is reported as "unknown" and judged by
-// the routes' states alone (a subscription that loses its broker for good
-// fails its route).
-type Pinger interface {
-	Ping(ctx context.Context) error
-}
+// Pinger is transport.Pinger. Health calls it when the Router's
+// Subscriber implements it. Otherwise, when the Subscriber is a
+// transport.LagReporter, Health asks the broker for the lag of the first
+// running route with a group (a real round trip); otherwise the broker is
+// reported as "unknown" and judged by the routes' states alone (a
+// subscription that loses its broker for good fails its route).
+type Pinger = transport.Pinger
 
 // Health is the router's health report. It marshals to JSON as the
 // handlers of HealthHandler serve it.

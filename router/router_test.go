@@ -325,7 +325,7 @@ func TestHealthHandler(t *testing.T) {
 		done := run(r, t.Context())
 		synctest.Wait()
 		code, h := get("/readyz")
-		if code != 200 || h.Broker.Status != "ok" || h.Broker.Via != "lag" || len(h.Routes) != 1 || h.Routes[0].State != "running" || len(h.Checks) != 2 {
+		if code != 200 || h.Broker.Status != "ok" || h.Broker.Via != "ping" || len(h.Routes) != 1 || h.Routes[0].State != "running" || len(h.Checks) != 2 {
 			t.Fatalf("running: %d %+v", code, h)
 		}
 		failing.Store(true)

@@ -34,3 +34,11 @@ type PartitionLag struct {
 	// next offset; Lag = HighWater - Committed.
 	Committed, HighWater, Lag int64
 }
+
+// Pinger is implemented by transports that can check their broker
+// connection with a round trip (or, for in-process transports, their own
+// state). Health checks (router.Health) call it; it returns nil when the
+// broker answered within ctx, ErrClosed after Close.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}

@@ -635,3 +635,14 @@ func (t *Transport) Lag(ctx context.Context, topicName, group string) (transport
 	pending := int64(g.ready.len() + len(g.delayed))
 	return transport.Lag{Topic: topicName, Group: group, Pending: pending, InFlight: int64(g.backlog) - pending}, nil
 }
+
+var _ transport.Pinger = (*Transport)(nil)
+
+// Ping reports transport.ErrClosed after Close or Shutdown, else nil: the
+// in-process broker is always reachable.
+func (t *Transport) Ping(ctx context.Context) error {
+	if t.isClosed() {
+		return transport.ErrClosed
+	}
+	return ctx.Err()
+}
