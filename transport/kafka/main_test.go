@@ -143,7 +143,7 @@ var seq atomic.Int64
 
 // name returns a topic or group name unique in this test binary.
 func name(t testing.TB, what string) string {
-	n := strings.NewReplacer("/", "-", " ", "-", "#", "").Replace(t.Name())
+	n := strings.NewReplacer("/", "-", " ", "-", "#", "", "+", "-").Replace(t.Name())
 	if len(n) > 60 {
 		n = n[:60]
 	}
