@@ -504,3 +504,25 @@ func TestGlobalProvidersInstalledLater(t *testing.T) {
 		t.Errorf("sent.messages = %d, want 1", got)
 	}
 }
+
+// Inject and Extract round-trip the span context through a message's
+// headers, and HeaderCarrier lists what it holds.
+func TestInjectExtractAndCarrier(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	inst, _ := newInst(t, sr, courierotel.Options{})
+	ctx, span := inst.Tracer().Start(context.Background(), "outbox write")
+	defer span.End()
+	m := &message.Message{ID: "m1"} // nil headers: Inject allocates them
+	inst.Inject(ctx, m)
+	keys := courierotel.HeaderCarrier(m.Headers).Keys()
+	if len(keys) != 1 || keys[0] != message.HeaderTraceParent {
+		t.Errorf("keys %v, want [traceparent] (no tracestate when empty)", keys)
+	}
+	got := trace.SpanContextFromContext(inst.Extract(context.Background(), m))
+	if !got.IsRemote() || got.TraceID() != span.SpanContext().TraceID() || got.SpanID() != span.SpanContext().SpanID() {
+		t.Errorf("extracted %v, want the span's context", got)
+	}
+	if sc := trace.SpanContextFromContext(inst.Extract(context.Background(), &message.Message{})); sc.IsValid() {
+		t.Errorf("a message without headers yielded %v", sc)
+	}
+}
