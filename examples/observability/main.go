@@ -191,7 +191,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (string, err
 	})); err != nil {
 		return "", err
 	}
-	// Shipping: a plain subscription on its traced Conn.
+	// Shipping: a Router without middleware on its traced Conn.
 	shipped := make(chan Payment, 1)
 	shippingRouter := router.New(shipping.conn, router.Options{Logger: log})
 	if err := shippingRouter.Handle(payments, "shipping", message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
