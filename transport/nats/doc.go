@@ -58,9 +58,9 @@
 // message is never reported published unless the server stored it. Each
 // acknowledgement is awaited at most APITimeout (5s) beyond which the call
 // fails with ErrNoAck (for example when the connection dropped with the
-// publish in flight); a retry is safe, because Message.ID travels as Nats-Msg-Id and the
-// stream drops a message whose ID it stored within its duplicate window
-// (the retry is acknowledged as a duplicate). During a reconnect, publishes
+// publish in flight); a retry is safe, because Message.ID travels as
+// Nats-Msg-Id and the stream drops a message whose ID it stored within its
+// duplicate window (the retry is acknowledged as a duplicate). During a reconnect, publishes
 // are buffered by nats.go (ReconnectBufSize) and succeed once the server
 // acknowledges them, or fail.
 //
@@ -102,7 +102,9 @@
 //
 // # Wire format
 //
-// Message.ID is the Nats-Msg-Id header, Message.Key the Courier-Key header,
+// Message.ID is the Nats-Msg-Id header (a message received without one,
+// published by a plain NATS client, gets "<stream>:<sequence>", stable
+// across redeliveries), Message.Key the Courier-Key header,
 // Headers are NATS headers with their exact names, the payload is the NATS
 // message body. NATS header values lose leading and trailing white space
 // and cannot hold CR or LF; a message with such an ID, key or header value

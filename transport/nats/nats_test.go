@@ -894,3 +894,34 @@ func TestNKeyAuth(t *testing.T) {
 		t.Errorf("without the seed: %v, want nats.ErrAuthorization", err)
 	}
 }
+
+// TestForeignMessage: a message published by a plain NATS client (no
+// Nats-Msg-Id, no courier headers) is delivered with an ID made of its
+// stream position and its headers as they are.
+func TestForeignMessage(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	o := transport.SubscribeOptions{Group: "g"}
+	if err := tr.Declare(ctx, "foreign", o); err != nil {
+		t.Fatal(err)
+	}
+	var nc *nats.Conn
+	tr.As(&nc)
+	m := nats.NewMsg("courier.foreign")
+	m.Header.Set("X-Plain", "yes")
+	m.Data = []byte("raw")
+	if _, err := jsOf(t, tr).PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *message.Message, 1)
+	subscribe(t, tr, "foreign", o, func(_ context.Context, m *message.Message) error { got <- m; return nil })
+	select {
+	case g := <-got:
+		if g.ID != "COURIER_foreign:1" || g.Headers["X-Plain"] != "yes" || string(g.Payload) != "raw" || g.Key != "" {
+			t.Errorf("got ID %q headers %v payload %q key %q", g.ID, g.Headers, g.Payload, g.Key)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -405,6 +406,11 @@ func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
 		m.Attempt = int(md.NumDelivered)
 		m.Time = md.Timestamp
 		a.seq = md.Sequence.Stream
+		if m.ID == "" {
+			// Published without Nats-Msg-Id (not by courier): the
+			// stream position is an ID stable across redeliveries.
+			m.ID = md.Stream + ":" + strconv.FormatUint(md.Sequence.Stream, 10)
+		}
 	}
 	m.SetAs(func(target any) bool {
 		switch p := target.(type) {
