@@ -166,24 +166,29 @@
 // transport. Each reports wall ns/op and the process's CPU ns/op.
 //
 // Figures from the 2-core shared development machine (Intel Xeon,
-// linux/amd64, Go 1.26, load average 7-12 from other builds: time.Now took
-// 138 ns there, several times an idle machine's), CPU ns per message,
-// median of 5 runs (two sessions of runs where they differed):
+// linux/amd64, Go 1.26), median of 5 runs of -benchtime 1s, with other
+// builds running (load average 4.5; time.Now took 138 ns there, several
+// times an idle machine's), in CPU ns per message (wall ns/op in
+// brackets):
 //
-//	                     bare        global no-op         SDK (batcher, discard exporter, always sample)
-//	BenchmarkOverhead    192-220     262-301 (+70..80)    15 070-18 230
-//	BenchmarkSDKFloor     -           -                   13 440-15 550 (the SDK alone)
-//	BenchmarkMem         1 640       1 900 (noise ±150)   21 700
+//	                     bare          global no-op         SDK (batcher, discard exporter, always sample)
+//	BenchmarkOverhead    183 [213]     228 [215]  (+45)     13 585 [14 355]
+//	BenchmarkSDKFloor     -             -                   12 380 [13 000]  (the SDK alone, no courier code)
+//	BenchmarkMem         1 344 [1 127] 1 467 [1 455] (+123) 14 364 [14 674]
 //
-// So the global no-op provider costs 45 ns (best runs) to 80 ns (medians)
-// per message there — within the 100 ns budget even on that machine —
-// with no extra allocation. With the SDK, courier adds 1.6 to 2.7 µs (12
-// to 17%) of CPU to the SDK's own 13.4 to 15.6 µs on that machine; the
-// 2 µs budget for the whole instrumented path was not met there, and could
-// not be by any instrumentation making the two spans the conventions ask
-// for, since the SDK alone took 13 µs or more. Allocations per message
-// with the SDK: 35 (5.6 KB), against the SDK floor's 32 (6.4 KB).
-// Re-measure on a quiet machine before relying on absolute numbers.
+// The mem figures move by ±200 ns between runs, so the no-op cost is read
+// from BenchmarkOverhead: about 45 ns of CPU per message (published and
+// consumed), within the 100 ns budget even on that machine, and no extra
+// allocation. Under heavier load (load average 8-12) the same comparison
+// gave +70 to +80 ns. With the SDK, courier adds about 1.2 µs (10%) to
+// the 12.4 µs the SDK itself spends on the same spans, context
+// propagation and metric records (1.6 to 2.7 µs, 12 to 17%, under the
+// heavier load). The 2 µs budget for the whole instrumented path was not
+// met on that machine, and cannot be there by any instrumentation making
+// the two spans the conventions ask for, since the SDK alone took over
+// 12 µs; measure on a quiet machine before relying on absolute numbers.
+// Allocations per message with the SDK: 35 (5.6 KB), against the SDK
+// floor's 32 (6.4 KB).
 //
 // # Concurrency
 //
