@@ -1,5 +1,0 @@
-//go:build race
-
-package courierotel_test
-
-const raceEnabled = true
