@@ -68,6 +68,51 @@ func (md *meta) appendSimple(b []byte) string {
 	return string(b)
 }
 
+// parseSimple reads what appendSimple writes when no string needs an
+// escape: {"v":1,"id":"...",...} with the fields id, id64, k, k64 and b.
+// It reports false for anything else, which encoding/json then reads.
+func parseSimple(s string, md *meta) bool {
+	const head = `{"v":1`
+	if !strings.HasPrefix(s, head) || !strings.HasSuffix(s, "}") || strings.IndexByte(s, '\\') >= 0 {
+		return false
+	}
+	md.V = 1
+	rest := s[len(head) : len(s)-1]
+	for rest != "" {
+		if !strings.HasPrefix(rest, `,"`) {
+			return false
+		}
+		rest = rest[2:]
+		i := strings.Index(rest, `":"`)
+		if i < 0 {
+			return false
+		}
+		name := rest[:i]
+		rest = rest[i+3:]
+		j := strings.IndexByte(rest, '"')
+		if j < 0 {
+			return false
+		}
+		v := rest[:j]
+		rest = rest[j+1:]
+		switch name {
+		case "id":
+			md.ID = v
+		case "id64":
+			md.ID64 = v
+		case "k":
+			md.Key = v
+		case "k64":
+			md.Key64 = v
+		case "b":
+			md.Body = v
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // appendJSONString quotes s, a valid UTF-8 string, as a JSON string.
 func appendJSONString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
@@ -218,7 +263,9 @@ func decode(sm *sqstypes.Message) (*message.Message, error) {
 	var md meta
 	mv, ok := sm.MessageAttributes[metaAttr]
 	if ok && mv.StringValue != nil {
-		if err := json.Unmarshal([]byte(*mv.StringValue), &md); err != nil {
+		if parseSimple(*mv.StringValue, &md) {
+			// the common case, without reflection
+		} else if err := json.Unmarshal([]byte(*mv.StringValue), &md); err != nil {
 			return nil, fmt.Errorf("sqstransport: message %s: malformed %q attribute: %w", deref(sm.MessageId), metaAttr, err)
 		}
 	} else {

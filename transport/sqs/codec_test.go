@@ -179,3 +179,33 @@ func TestSendWithRetry(t *testing.T) {
 		t.Errorf("failed %+v err %v after %d calls, want 1 failure after 3", failed, err, len(calls))
 	}
 }
+
+func TestParseSimple(t *testing.T) {
+	for _, md := range []meta{
+		{V: 1, ID: "plain"},
+		{V: 1, ID: "ключ 🔑", Key: "k", Body: "base64"},
+		{V: 1, ID64: "AA==", Key64: "AQ==", Body: "empty"},
+	} {
+		var got meta
+		if !parseSimple(md.appendSimple(nil), &got) || got.ID != md.ID || got.ID64 != md.ID64 || got.Key != md.Key || got.Key64 != md.Key64 || got.Body != md.Body {
+			t.Errorf("parseSimple(%s) = %+v", md.appendSimple(nil), got)
+		}
+	}
+	for _, s := range []string{`{"v":1,"id":"a\"b"}`, `{"v":2,"id":"x"}`, `{"v":1,"h":{"a":"b"}}`, `{"v":1,"id":"x"`, `{"v":1,"zz":"x"}`} {
+		var md meta
+		if parseSimple(s, &md) {
+			t.Errorf("parseSimple accepted %s", s)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	w, _ := encode(&message.Message{ID: message.NewID(), Key: "k", Payload: make([]byte, 256)})
+	id := "x"
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decode(&sqstypes.Message{MessageId: &id, Body: &w.body, MessageAttributes: w.attrs}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

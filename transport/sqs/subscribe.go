@@ -203,7 +203,6 @@ func (s *sub) run(ctx context.Context, h message.Handler) error {
 				s.release(inf)
 				continue
 			}
-			s.t.o.Logger.Debug("sqstransport: deliver", "queue", s.queue, "message_id", inf.m.ID, "payload_len", len(inf.m.Payload))
 			if err := d.Deliver(rctx, inf.m, &acker{s: s, inf: inf}); err != nil {
 				s.release(inf)
 			}
