@@ -54,6 +54,10 @@ type DeadLetterOptions struct {
 	// Logger gets one Error line per dead letter and per failed
 	// dead-letter publish. Default nil: discards.
 	Logger *slog.Logger
+	// OnDeadLetter, when set, is called after a message was published to
+	// the dead-letter topic dlq because of err, with the handler's ctx
+	// (courierotel.Instrumentation.OnDeadLetter fits). Default nil.
+	OnDeadLetter func(ctx context.Context, m *message.Message, dlq string, err error)
 }
 
 // DeadLetter publishes a message that cannot be processed to a dead-letter
@@ -137,6 +141,9 @@ func DeadLetter(opts DeadLetterOptions) message.Middleware {
 				return &DeadLetterError{Topic: dlq, MessageID: m.ID, Cause: err.Error(), Err: perr}
 			}
 			tr.forget(key)
+			if o.OnDeadLetter != nil {
+				o.OnDeadLetter(ctx, m, dlq, err)
+			}
 			log.ErrorContext(ctx, "courier: message dead-lettered", "message_id", m.ID, "topic", topic, "group", group, "dead_letter_topic", dlq, "attempt", attempt, "reason", err.Error())
 			if n := noteOf(ctx); n != nil {
 				n.outcome, n.dlq = "dead-lettered", dlq

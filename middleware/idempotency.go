@@ -43,6 +43,10 @@ type IdempotencyOptions struct {
 	// Logger gets store failures that do not fail the message (Done or
 	// Release failing). Default nil: discards.
 	Logger *slog.Logger
+	// OnDuplicate, when set, is called for a message skipped because its
+	// key was already processed, with the handler's ctx
+	// (courierotel.Instrumentation.OnDuplicate fits). Default nil.
+	OnDuplicate func(ctx context.Context, m *message.Message)
 }
 
 // Idempotency runs the handler at most once per key (by default the
@@ -110,6 +114,9 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 			switch state {
 			case Processed:
 				setOutcome(ctx, "duplicate")
+				if o.OnDuplicate != nil {
+					o.OnDuplicate(ctx, m)
+				}
 				return nil
 			case InProgress:
 				setOutcome(ctx, "in-progress")
