@@ -74,7 +74,11 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	// Bound what the client prefetches: per partition, one fetch of
 	// FetchBytes and MaxInFlight decoded records.
 	cfg.ChannelBufferSize = so.MaxInFlight
-	cfg.Consumer.Fetch.Default = int32(t.o.FetchBytes)
+	fetch := t.o.FetchBytes
+	if fetch <= 0 {
+		fetch = min(max(so.MaxInFlight*4<<10, 32<<10), 1<<20)
+	}
+	cfg.Consumer.Fetch.Default = int32(fetch)
 	if so.Start == transport.StartOldest {
 		cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
 	} else {

@@ -126,7 +126,8 @@
 //	max_message_bytes         MaxMessageBytes, producer max.request.size [1000000]
 //	publish_timeout           PublishTimeout, delivery.timeout.ms [30s]
 //	compression               Compression: none, gzip, snappy, lz4, zstd [none]
-//	fetch_bytes               FetchBytes, max.partition.fetch.bytes [262144]
+//	fetch_bytes               FetchBytes, max.partition.fetch.bytes [4 KiB × MaxInFlight,
+//	                          32 KiB to 1 MiB]
 //	commit_interval           CommitInterval, auto.commit.interval.ms [1s]
 //	session_timeout           SessionTimeout, session.timeout.ms [10s]
 //	heartbeat_interval        HeartbeatInterval, heartbeat.interval.ms [3s]

@@ -75,7 +75,9 @@ type Options struct {
 	// FetchBytes is how many bytes one fetch asks of a partition (Kafka's
 	// max.partition.fetch.bytes): with MaxInFlight it bounds what a
 	// subscription buffers. A larger record is still fetched (the request
-	// grows to fit it). Default 256 KiB. URL: fetch_bytes.
+	// grows to fit it). Default 0: 4 KiB per SubscribeOptions.MaxInFlight,
+	// between 32 KiB and 1 MiB (256 KiB for the default MaxInFlight of
+	// 64). URL: fetch_bytes.
 	FetchBytes int
 
 	// CommitInterval is how often acknowledged offsets are committed
@@ -143,9 +145,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Compression == "" {
 		o.Compression = "none"
-	}
-	if o.FetchBytes <= 0 {
-		o.FetchBytes = 256 << 10
 	}
 	if o.CommitInterval <= 0 {
 		o.CommitInterval = time.Second
