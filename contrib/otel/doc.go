@@ -135,12 +135,13 @@
 // OnRetry has the signature of middleware.RetryOptions.OnRetry.
 // BreakerStateChanged takes gobreaker's state names; wire it to
 // middleware.BreakerOptions.OnStateChange with the states' String().
-// OnDeadLetter and OnDuplicate are for code that dead-letters or skips
-// duplicates itself; middleware.DeadLetter is covered without a hook when
-// its publisher is a traced one (the Router's, on a Conn from this
-// package), and the Idempotency middleware has no hook yet to call
-// OnDuplicate from. Called with a handler's context they annotate its
-// process span and take topic and group from it.
+// OnDeadLetter and OnDuplicate have the signatures of
+// middleware.DeadLetterOptions.OnDeadLetter and
+// middleware.IdempotencyOptions.OnDuplicate: wire them there to count dead
+// letters and idempotency hits exactly (middleware.DeadLetter is also
+// visible without the hook when its publisher is a traced one, the Router's
+// on a Conn from this package). Called with a handler's context they
+// annotate its process span and take topic and group from it.
 //
 // # Logging
 //
