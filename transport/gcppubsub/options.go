@@ -114,7 +114,8 @@ type Options struct {
 	// errors (dropped messages). Default: nil, discard.
 	Logger *slog.Logger
 	// ClientOptions are passed to pubsub.NewClient after the ones the
-	// fields above produce: credentials (option.WithCredentialsFile ...),
+	// fields above produce: credentials
+	// (option.WithAuthCredentialsFile(option.ServiceAccount, path) ...),
 	// a gRPC connection, a custom endpoint. Go only. Default: none.
 	ClientOptions []option.ClientOption
 }
