@@ -115,18 +115,27 @@ func wireSize(msg *nats.Msg) int {
 // decode turns a received NATS message into a courier message. Headers
 // the adapter or the server added are not passed on.
 func decode(topic string, hdr nats.Header, data []byte) (*message.Message, error) {
-	m := &message.Message{Topic: topic, Payload: data}
+	m := new(message.Message)
+	if err := decodeInto(m, topic, hdr, data); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// decodeInto is decode into a Message the caller allocated.
+func decodeInto(m *message.Message, topic string, hdr nats.Header, data []byte) error {
+	m.Topic, m.Payload = topic, data
 	uq := func(s string) (string, error) { return s, nil }
 	if hdr.Get(hdrQuoted) == "1" {
 		uq = strconv.Unquote
 	}
 	var err error
 	if m.ID, err = uq(hdr.Get(hdrMsgID)); err != nil {
-		return nil, fmt.Errorf("natstransport: malformed quoted %s: %w", hdrMsgID, err)
+		return fmt.Errorf("natstransport: malformed quoted %s: %w", hdrMsgID, err)
 	}
 	if k := hdr.Get(hdrKey); k != "" {
 		if m.Key, err = uq(k); err != nil {
-			return nil, fmt.Errorf("natstransport: malformed quoted %s: %w", hdrKey, err)
+			return fmt.Errorf("natstransport: malformed quoted %s: %w", hdrKey, err)
 		}
 	}
 	for k, vs := range hdr {
@@ -135,7 +144,7 @@ func decode(topic string, hdr nats.Header, data []byte) (*message.Message, error
 		}
 		v, err := uq(vs[0])
 		if err != nil {
-			return nil, fmt.Errorf("natstransport: malformed quoted header %q: %w", k, err)
+			return fmt.Errorf("natstransport: malformed quoted header %q: %w", k, err)
 		}
 		if m.Headers == nil {
 			m.Headers = make(message.Header, len(hdr))
@@ -145,5 +154,5 @@ func decode(topic string, hdr nats.Header, data []byte) (*message.Message, error
 	if m.Payload == nil {
 		m.Payload = []byte{}
 	}
-	return m, nil
+	return nil
 }

@@ -328,19 +328,21 @@ func (s *jsSub) consume(ctx context.Context, ch chan<- delivery) error {
 	// out of Next and is returned for redelivery below.
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
+	// Next returns at least every nextWait: the iterator decides whether
+	// to send the next pull request only inside Next, and a request
+	// skipped while the previous one was still being sent would otherwise
+	// leave it waiting for a heartbeat timeout (seen with a small
+	// MaxInFlight under load).
+	p, stopPacer := startPacer(ctx)
+	defer stopPacer()
 	for {
-		// A bounded wait, not NextContext: the iterator decides whether
-		// to send the next pull request only inside Next, and a request
-		// skipped while the previous one was still being sent would
-		// otherwise leave it waiting for a heartbeat timeout (seen with
-		// small MaxInFlight under load). Returning every 250ms re-checks.
-		msg, err := it.Next(jetstream.NextMaxWait(nextWait))
+		msg, err := it.Next(p.opt())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if errors.Is(err, nats.ErrTimeout) {
-				continue
+			if errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout) {
+				continue // the pacer's tick
 			}
 			if errors.Is(err, jetstream.ErrNoHeartbeat) {
 				// Missing heartbeats: a healthy consumer resumes by
@@ -375,6 +377,43 @@ func (s *jsSub) consume(ctx context.Context, ch chan<- delivery) error {
 // nextWait bounds one wait in the iterator's Next; see consume.
 const nextWait = 250 * time.Millisecond
 
+// nextPacer hands out a Next option whose context is replaced (and the
+// old one cancelled) every nextWait: Next returns at least that often, and
+// no timer is made per call.
+type nextPacer struct {
+	cur  atomic.Value // pacerOpt
+	done chan struct{}
+}
+
+type pacerOpt struct{ o jetstream.NextOpt }
+
+func (p *nextPacer) opt() jetstream.NextOpt { return p.cur.Load().(pacerOpt).o }
+
+func startPacer(ctx context.Context) (*nextPacer, func()) {
+	p := &nextPacer{done: make(chan struct{})}
+	cctx, cancel := context.WithCancel(ctx)
+	p.cur.Store(pacerOpt{jetstream.NextContext(cctx)})
+	quit := make(chan struct{})
+	go func() {
+		defer close(p.done)
+		tk := time.NewTicker(nextWait)
+		defer tk.Stop()
+		for {
+			select {
+			case <-tk.C:
+				nctx, ncancel := context.WithCancel(ctx)
+				p.cur.Store(pacerOpt{jetstream.NextContext(nctx)})
+				cancel()
+				cancel = ncancel
+			case <-quit:
+				cancel()
+				return
+			}
+		}
+	}()
+	return p, func() { close(quit); <-p.done }
+}
+
 // drainIterator stops it and returns the messages it had buffered.
 func (s *jsSub) drainIterator(it jetstream.MessagesContext) {
 	it.Drain()
@@ -394,14 +433,15 @@ func (s *jsSub) drainIterator(it jetstream.MessagesContext) {
 
 // receive converts a JetStream message and starts keeping it leased.
 func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
-	m, err := decode(s.topic, msg.Headers(), msg.Data())
-	if err != nil {
+	// One allocation for the acker and the courier message it carries.
+	a := &jsAcker{s: s, msg: msg}
+	m := &a.m
+	if err := decodeInto(m, s.topic, msg.Headers(), msg.Data()); err != nil {
 		// Not a courier-encoded message we can read: never retry it.
 		s.t.log.Error("natstransport: undecodable message terminated", "topic", s.topic, "subject", msg.Subject(), "error", err)
 		_ = msg.TermWithReason(err.Error())
 		return delivery{}, false
 	}
-	a := &jsAcker{s: s, msg: msg}
 	if md, err := msg.Metadata(); err == nil {
 		m.Attempt = int(md.NumDelivered)
 		m.Time = md.Timestamp
@@ -479,6 +519,7 @@ func (s *jsSub) keepLeases(ctx context.Context, done chan<- struct{}) {
 
 // jsAcker settles one JetStream message.
 type jsAcker struct {
+	m       message.Message
 	s       *jsSub
 	msg     jetstream.Msg
 	seq     uint64
