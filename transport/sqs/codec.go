@@ -141,6 +141,13 @@ func appendJSONString(b []byte, s string) []byte {
 // #x10000-#x10FFFF).
 func safe(s string) bool {
 	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c < 0x20 && c != 0x9 && c != 0xA && c != 0xD {
+				return false
+			}
+			i++
+			continue
+		}
 		r, n := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && n <= 1 {
 			return false
@@ -222,7 +229,7 @@ func encode(m *message.Message) (wire, error) {
 		v := m.Headers[k]
 		switch {
 		case len(w.attrs) < maxDirect && attrNameOK(k) && v != "" && safe(v):
-			w.attrs[k] = sqstypes.MessageAttributeValue{DataType: ptr("String"), StringValue: ptr(v)}
+			w.attrs[k] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: ptr(v)}
 			w.size += len(k) + len("String") + len(v)
 		case safe(k) && safe(v):
 			if md.H == nil {
@@ -245,7 +252,7 @@ func encode(m *message.Message) (wire, error) {
 		}
 		mv = strings.TrimSuffix(sb.String(), "\n")
 	}
-	w.attrs[metaAttr] = sqstypes.MessageAttributeValue{DataType: ptr("String"), StringValue: ptr(mv)}
+	w.attrs[metaAttr] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: &mv}
 	w.size += len(metaAttr) + len("String") + len(mv) + len(w.body)
 	return w, nil
 }
@@ -380,6 +387,10 @@ func checkWire(i int, m *message.Message, w wire) error {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// stringType is the DataType of every attribute courier sends; the SDK
+// only reads it, so one value is shared.
+var stringType = "String"
 
 func deref(s *string) string {
 	if s == nil {
