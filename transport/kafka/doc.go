@@ -212,7 +212,36 @@
 // SyncProducer sending batches with SendMessages and a consumer group
 // handler that marks each message; the adapter is Publish with the same
 // batches of 100 and Subscribe with an acking handler (Concurrency 1,
-// MaxInFlight 256).
+// MaxInFlight 256, so both fetch 1 MiB per partition). Drain reads, on
+// both sides, records the adapter published (with their ID header), from
+// the first message handled to the last. Three interleaved rounds, load
+// average 3 to 5 on the 2 cores (other work was running: single runs vary
+// by a factor of two), median msg/s and the median of the per-round
+// ratios:
 //
-// FIGURES
+//	                        raw sarama   raw+ID header   adapter   adapter/raw
+//	publish 16 B            166,000      158,000         150,000   88%
+//	publish 1 KiB            83,000       69,000          71,000   86% (100% of raw+ID)
+//	drain 16 B              884,000          -           563,000   64%
+//	drain 1 KiB             203,000          -           195,000   ~100% (rounds 32-130%)
+//
+// The adapter's records carry the message ID (a 36-byte UUIDv7 in the
+// courier-id header), which for 16-byte payloads triples the record; the
+// raw+ID column sends the same header with plain sarama. The drain gap at
+// 16 B is the adapter's per-message work (building the Message, the
+// Dispatcher's settle path, per-partition offset tracking): about 1 µs per
+// message, against a raw handler that only marks the offset.
+//
+// End-to-end latency (Publish call to handler) at a fixed offered rate of
+// 1000 msg/s, one message per call, two runs of 2000 messages:
+//
+//	                p50 raw / adapter     p99 raw / adapter
+//	16 B            0.18 / 0.19 ms        1.5-5.6 / 1.4-3.5 ms
+//	1 KiB           0.18-0.23 / 0.20-0.25 ms   1.7-1.9 / 1.7-1.8 ms
+//
+// Reproduce with
+//
+//	go test -run '^$' -bench Publish -benchtime 20000x ./transport/kafka
+//	go test -run '^$' -bench Drain -benchtime 200000x ./transport/kafka
+//	go test -run '^$' -bench Latency -benchtime 2000x ./transport/kafka
 package kafkatransport
