@@ -213,47 +213,48 @@
 //
 // # Performance
 //
-// Measured on a 2-core Intel Xeon VM that was shared with about eight other
-// engineers' builds and tests (load average 12-13 throughout; a CPU profile
-// showed the benchmark process getting about 0.4 CPU), embedded
-// nats-server v2.15.2 with file storage in a temp dir, nats.go v1.55.0, the
-// raw jetstream client and the adapter side by side in one process, same
-// stream layout, same prefetch. Round-to-round variation was ±30-50%, so
-// the figures are medians and the ratio is the median of per-round ratios.
+// Measured on a 2-core Intel Xeon VM shared with other engineers' builds
+// and tests (load average 2-13 while measuring), embedded nats-server
+// v2.15.2 with file storage in a temp dir, nats.go v1.55.0, the raw
+// jetstream client and the adapter side by side in one process, same
+// stream layout, same prefetch. Single runs vary by ±30-50% on this
+// machine, so the figures are medians and adapter/raw is the median of
+// per-round ratios; they are from the final code, at load averages of 2-5.
 //
 // Publish (BenchmarkPaired: raw and adapter alternate in chunks of 100
 // messages, 20000 per side, 3 rounds), msg/s:
 //
 //	                              raw      adapter   adapter/raw
-//	1 per call (ack each), 16 B   16914    16080     0.94
-//	1 per call (ack each), 1 KiB  14490    15533     0.86
-//	100 per call (async), 16 B    63208    56658     0.90
-//	100 per call (async), 1 KiB   20934    23916     1.14
+//	1 per call (ack each), 16 B   18814    19855     0.94
+//	1 per call (ack each), 1 KiB  18659    17405     0.90
+//	100 per call (async), 16 B    43572    43482     1.06
+//	100 per call (async), 1 KiB   57589    53578     0.93
 //
 // Drain, ack each, durable consumer, prefetch 256, Concurrency 1
-// (BenchmarkDrain, 20000 stored messages, 5 separate rounds at a load
-// average of 4-8), msg/s:
+// (BenchmarkDrain, 30000 stored messages, 8 rounds), msg/s:
 //
 //	                              raw      adapter   adapter/raw
-//	16 B                          121786   88678     0.83
-//	1 KiB                         94098    66130     0.80
+//	16 B                          129166   115230    0.90
+//	1 KiB                         98380    90544     0.94
 //
 // End-to-end latency, publish start to handler entry, at a fixed offered
 // rate of 1000 msg/s, one acknowledged publish each, durable consumer
-// (BenchmarkLatency, 3000 messages, medians of 3 rounds):
+// (BenchmarkLatency, 3000 messages, 2 rounds, ranges):
 //
-//	                 raw p50 / p99         adapter p50 / p99
-//	16 B             184 µs / 3.2 ms       147 µs / 3.6 ms
-//	1 KiB            178 µs / 3.4 ms       217 µs / 8.0 ms
+//	                 raw p50 / p99               adapter p50 / p99
+//	16 B             185-191 µs / 0.7-0.8 ms     189-215 µs / 1.4-1.6 ms
+//	1 KiB            189-198 µs / 0.9-1.0 ms     176-193 µs / 0.9-7.0 ms
 //
-// The 90%-of-raw target is met for batched publishes and within the noise
-// for single ones (0.86-0.94), and missed for draining (0.80-0.83). The
-// adapter's own functions are a few percent of the CPU in a drain profile;
-// the gap is its structure: a second goroutine hand-off per message
-// (fetching and handling run apart, so that every fetched message is kept
+// Under heavier load (load average 12) the same benchmarks gave p99s of
+// 2-86 ms for both, and ratios anywhere between 0.5 and 2.
+//
+// What the adapter adds per received message: a hand-off from the fetching
+// goroutine to the handling one (so that every fetched message is kept
 // under InProgress while it waits for a handler, where a raw loop leaves
-// prefetched messages unleased), the Dispatcher's bookkeeping, and about
-// five more allocations per message (courier Message, metadata, acker, As
-// hook), which show up as garbage-collection work. BenchmarkEndToEnd runs the shared
-// conformance.Bench (publish → handler → ack) for the cross-transport table.
+// prefetched messages unleased; measured free on 2 cores), the
+// Dispatcher's bookkeeping and four allocations (message with its acker,
+// metadata, As hook, lease entry). BenchmarkEndToEnd runs the shared
+// conformance.Bench (publish → handler → ack, 10000 messages): 14784 msg/s
+// for 16 B and one publisher, 19304 with four, 21868 with four publishing
+// batches of 16, 11316 and 18960 for 1 KiB with one and four publishers.
 package natstransport
