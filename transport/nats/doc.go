@@ -166,6 +166,10 @@
 // retention=interest, where a message is gone once the groups that existed
 // acked it), BrokerTime, LeaseExtension (InProgress).
 //
+// With Stream or NoProvision the streams are the operator's: the
+// capabilities then assume what Storage and Retention say (file, limits by
+// default), which the adapter does not check against the stream.
+//
 // Core mode declares OrderedByKey and DeadLetter only: core NATS stores
 // nothing (not Persistent, no Replay), cannot redeliver (no Redelivery,
 // DelayedNack or LeaseExtension), does not count deliveries (no
