@@ -211,6 +211,12 @@ func (n *RabbitNode) CloseAllConnections(ctx context.Context) error {
 	return err
 }
 
+// Ctl runs rabbitmqctl against the node (e.g. "set_vm_memory_high_watermark",
+// "0" to raise a memory alarm) and returns its output.
+func (n *RabbitNode) Ctl(ctx context.Context, args ...string) (string, error) {
+	return n.ctl(ctx, args...)
+}
+
 func (n *RabbitNode) ctl(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(rabbitBin, "rabbitmqctl"), append([]string{"-n", n.name}, args...)...)
 	cmd.Env = n.env

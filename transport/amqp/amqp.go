@@ -43,20 +43,39 @@ type Transport struct {
 	log     *slog.Logger
 	caps    transport.Capabilities
 
-	mu       sync.Mutex
-	conn     *amqp.Connection
-	gen      uint64
-	ready    chan struct{} // closed when conn is usable; replaced on loss
+	// Publishing and consuming use separate connections (pub, sub), as
+	// RabbitMQ advises: during a resource alarm the broker stops reading
+	// from connections that publish, which must not stall consumers'
+	// acks.
+	pub, sub *link
+
+	mu       sync.Mutex // guards the fields below and both links
 	closed   bool
 	stopping bool
 	done     chan struct{} // closed by Close and Shutdown
 	closedCh chan struct{} // closed by Close
 	subs     map[*subscription]struct{}
-	declared map[string]time.Time // retry queues declared on this gen
+	declared map[string]time.Time // retry queues declared on pub's gen
 
 	pubSlots chan struct{}
 	pubIdle  chan *pubChan
 	bg       sync.WaitGroup
+}
+
+// link is one of the Transport's two connections, with its reconnect
+// state. Its fields are guarded by Transport.mu.
+type link struct {
+	t         *Transport
+	role      string // "publish" or "consume": suffix of the connection name
+	conn      *amqp.Connection
+	gen       uint64
+	ready     chan struct{} // closed when conn is usable; replaced on loss
+	unblocked chan struct{} // closed while the broker reads from conn
+}
+
+// Connections are the native connections of a Transport (see As).
+type Connections struct {
+	Publish, Consume *amqp.Connection
 }
 
 var _ transport.Conn = (*Transport)(nil)
@@ -77,7 +96,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		return nil, fmt.Errorf("amqptransport: URL scheme %q: want amqp or amqps", u.Scheme)
 	}
 	t := &Transport{
-		o: o, log: o.Logger, done: make(chan struct{}), closedCh: make(chan struct{}), ready: make(chan struct{}),
+		o: o, log: o.Logger, done: make(chan struct{}), closedCh: make(chan struct{}),
 		subs: map[*subscription]struct{}{}, declared: map[string]time.Time{},
 		pubSlots: make(chan struct{}, o.PublishChannels),
 		pubIdle:  make(chan *pubChan, o.PublishChannels),
@@ -115,15 +134,46 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 			MaxNameLen:     maxNameLen,
 		},
 	}
-	conn, err := t.dial(ctx)
-	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			return nil, ctx.Err()
+	t.pub = &link{t: t, role: "publish", ready: make(chan struct{}), unblocked: closedChan}
+	t.sub = &link{t: t, role: "consume", ready: make(chan struct{}), unblocked: closedChan}
+	var conns []*amqp.Connection
+	for _, l := range []*link{t.pub, t.sub} {
+		c, err := t.dial(ctx, l.role)
+		if err != nil {
+			for _, c := range conns {
+				_ = c.CloseDeadline(time.Now().Add(closeWait))
+			}
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return nil, ctx.Err()
+			}
+			return nil, err
 		}
-		return nil, err
+		conns = append(conns, c)
 	}
-	t.setConn(conn)
+	t.pub.set(conns[0])
+	t.sub.set(conns[1])
 	return t, nil
+}
+
+// closeWait bounds the AMQP close handshakes of Close, so an unresponsive
+// broker cannot hold it.
+const closeWait = 2 * time.Second
+
+// async runs f in a goroutine that Close waits for, or at once when the
+// transport is closed (its connections are gone, so f does not block).
+func (t *Transport) async(f func()) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		f()
+		return
+	}
+	t.bg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.bg.Done()
+		f()
+	}()
 }
 
 const (
@@ -137,7 +187,7 @@ const (
 )
 
 // dial makes one connection. Errors never carry the credentials.
-func (t *Transport) dial(ctx context.Context) (*amqp.Connection, error) {
+func (t *Transport) dial(ctx context.Context, role string) (*amqp.Connection, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -161,7 +211,7 @@ func (t *Transport) dial(ctx context.Context) (*amqp.Connection, error) {
 			return c, nil
 		},
 	}
-	cfg.Properties.SetClientConnectionName(t.o.ConnectionName)
+	cfg.Properties.SetClientConnectionName(t.o.ConnectionName + "-" + role)
 	var conn *amqp.Connection
 	var err error
 	done := make(chan struct{})
@@ -200,38 +250,63 @@ type scrubbed struct {
 func (e *scrubbed) Error() string { return transport.RedactSecrets(e.err.Error(), e.secrets...) }
 func (e *scrubbed) Unwrap() error { return e.err }
 
-func (t *Transport) setConn(c *amqp.Connection) {
+func (l *link) set(c *amqp.Connection) {
+	t := l.t
 	notify := c.NotifyClose(make(chan *amqp.Error, 1))
 	blocked := c.NotifyBlocked(make(chan amqp.Blocking, 4))
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		c.Close()
+		_ = c.CloseDeadline(time.Now().Add(closeWait))
 		return
 	}
-	t.conn = c
-	t.gen++
-	clear(t.declared)
-	close(t.ready)
+	l.conn = c
+	l.gen++
+	if l == t.pub {
+		clear(t.declared)
+	}
+	l.unblocked = closedChan // a new connection starts unblocked
+	close(l.ready)
 	t.bg.Add(2)
 	t.mu.Unlock()
-	go t.watch(c, notify)
+	go l.watch(c, notify)
 	go func() {
 		defer t.bg.Done()
-		// The broker blocks publishers during a resource alarm (memory
-		// or disk); Publish then waits, bounded by its ctx.
+		// The broker blocks connections that publish during a resource
+		// alarm (memory or disk); Publish waits for the unblock.
 		for b := range blocked {
+			t.mu.Lock()
+			if l.conn == c {
+				if b.Active && l.unblocked == closedChan {
+					l.unblocked = make(chan struct{})
+				} else if !b.Active && l.unblocked != closedChan {
+					close(l.unblocked)
+					l.unblocked = closedChan
+				}
+			}
+			t.mu.Unlock()
 			if b.Active {
-				t.log.Warn("amqptransport: broker blocked publishing", "reason", b.Reason)
+				t.log.Warn("amqptransport: broker blocked the connection (resource alarm)", "connection", l.role, "reason", b.Reason)
 			} else {
-				t.log.Info("amqptransport: broker unblocked publishing")
+				t.log.Info("amqptransport: broker unblocked the connection", "connection", l.role)
 			}
 		}
 	}()
 }
 
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// whenUnblocked returns a channel closed while the broker accepts
+// publishes (connection.blocked not in force).
+func (t *Transport) whenUnblocked() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.pub.unblocked
+}
+
 // watch waits for c to close and reconnects unless the transport closed.
-func (t *Transport) watch(c *amqp.Connection, notify chan *amqp.Error) {
+func (l *link) watch(c *amqp.Connection, notify chan *amqp.Error) {
+	t := l.t
 	defer t.bg.Done()
 	var cause *amqp.Error
 	select {
@@ -240,17 +315,17 @@ func (t *Transport) watch(c *amqp.Connection, notify chan *amqp.Error) {
 		return
 	}
 	t.mu.Lock()
-	if t.closed || t.conn != c {
+	if t.closed || l.conn != c {
 		t.mu.Unlock()
 		return
 	}
-	t.conn = nil
-	t.ready = make(chan struct{})
+	l.conn = nil
+	l.ready = make(chan struct{})
 	t.mu.Unlock()
 	if cause != nil {
-		t.log.Warn("amqptransport: connection lost; reconnecting", "error", t.scrub(cause).Error())
+		t.log.Warn("amqptransport: connection lost; reconnecting", "connection", l.role, "error", t.scrub(cause).Error())
 	} else {
-		t.log.Warn("amqptransport: connection closed; reconnecting")
+		t.log.Warn("amqptransport: connection closed; reconnecting", "connection", l.role)
 	}
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = t.o.ReconnectMin
@@ -266,17 +341,17 @@ func (t *Transport) watch(c *amqp.Connection, notify chan *amqp.Error) {
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		nc, err := t.dial(ctx)
+		nc, err := t.dial(ctx, l.role)
 		if err == nil {
-			t.log.Info("amqptransport: reconnected", "attempts", attempt)
-			t.setConn(nc)
+			t.log.Info("amqptransport: reconnected", "connection", l.role, "attempts", attempt)
+			l.set(nc)
 			return
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		d := b.NextBackOff()
-		t.log.Debug("amqptransport: reconnect failed", "attempt", attempt, "retry_in", d, "error", err.Error())
+		t.log.Debug("amqptransport: reconnect failed", "connection", l.role, "attempt", attempt, "retry_in", d, "error", err.Error())
 		select {
 		case <-time.After(d):
 		case <-t.done:
@@ -286,14 +361,15 @@ func (t *Transport) watch(c *amqp.Connection, notify chan *amqp.Error) {
 }
 
 // connection returns the current connection, waiting for a reconnect.
-func (t *Transport) connection(ctx context.Context) (*amqp.Connection, uint64, error) {
+func (l *link) connection(ctx context.Context) (*amqp.Connection, uint64, error) {
+	t := l.t
 	for {
 		t.mu.Lock()
 		if t.closed {
 			t.mu.Unlock()
 			return nil, 0, transport.ErrClosed
 		}
-		c, gen, ready := t.conn, t.gen, t.ready
+		c, gen, ready := l.conn, l.gen, l.ready
 		t.mu.Unlock()
 		if c != nil && !c.IsClosed() {
 			return c, gen, nil
@@ -336,20 +412,33 @@ func (t *Transport) isConnLoss(c *amqp.Connection, err error) bool {
 	return errors.Is(err, amqp.ErrClosed) || errors.Is(err, net.ErrClosed)
 }
 
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // Capabilities implements transport.Conn.
 func (t *Transport) Capabilities() transport.Capabilities { return t.caps }
 
-// As sets *amqp091.Connection targets (a **amqp091.Connection) to the
-// current connection.
+// As sets a **amqp091.Connection target to the current consuming
+// connection, and a *Connections target to both current connections
+// (publishing and consuming). Both change after a reconnect; As reports
+// false while the one asked for is reconnecting.
 func (t *Transport) As(target any) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	switch p := target.(type) {
 	case **amqp.Connection:
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		if t.conn == nil {
+		if t.sub.conn == nil {
 			return false
 		}
-		*p = t.conn
+		*p = t.sub.conn
+		return true
+	case *Connections:
+		if t.sub.conn == nil || t.pub.conn == nil {
+			return false
+		}
+		*p = Connections{Publish: t.pub.conn, Consume: t.sub.conn}
 		return true
 	}
 	return false
@@ -372,8 +461,8 @@ func (t *Transport) Close() error {
 		t.stopping = true
 		close(t.done)
 	}
-	c := t.conn
-	t.conn = nil
+	conns := []*amqp.Connection{t.pub.conn, t.sub.conn}
+	t.pub.conn, t.sub.conn = nil, nil
 	subs := make([]*subscription, 0, len(t.subs))
 	for s := range t.subs {
 		subs = append(subs, s)
@@ -382,12 +471,25 @@ func (t *Transport) Close() error {
 	for _, s := range subs {
 		s.d.Cancel()
 	}
-	var err error
-	if c != nil {
-		if cerr := c.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
-			err = t.scrub(fmt.Errorf("amqptransport: close: %w", cerr))
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		if c == nil {
+			continue
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// An unresponsive broker (or one in a resource alarm, which
+			// stops reading from publishing connections) cannot hold
+			// Close longer than closeWait.
+			if cerr := c.CloseDeadline(time.Now().Add(closeWait)); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) && !isTimeout(cerr) {
+				errs[i] = t.scrub(fmt.Errorf("amqptransport: close: %w", cerr))
+			}
+		}()
 	}
+	wg.Wait()
+	err := errors.Join(errs...)
 	// Subscribe calls return ErrClosed on their own once their handlers
 	// (whose context is now cancelled) return; Close does not wait for
 	// them, as http.Server.Close does not wait for handlers.

@@ -126,6 +126,10 @@ func TestPropertiesRoundTrip(t *testing.T) {
 	if !tr.As(&c) || c == nil || c.IsClosed() {
 		t.Error("Transport.As(**amqp.Connection) failed")
 	}
+	var cs Connections
+	if !tr.As(&cs) || cs.Consume != c || cs.Publish == nil || cs.Publish == c {
+		t.Errorf("Transport.As(*Connections) = %+v", cs)
+	}
 	// Reserved names are refused before anything is sent.
 	for _, h := range []string{"x-death", "x-courier-key", "CC"} {
 		bad := &message.Message{Headers: message.Header{h: "v"}}
@@ -576,8 +580,8 @@ func TestConnectionLoss(t *testing.T) {
 	if url == testenv.RabbitMQ.Default {
 		kill = func(ctx context.Context) error {
 			n, err := testenv.CloseRabbitConnections(ctx, name)
-			if err == nil && n < 2 {
-				err = fmt.Errorf("closed %d connections, want 2", n)
+			if err == nil && n < 4 {
+				err = fmt.Errorf("closed %d connections, want 4 (two per transport)", n)
 			}
 			return err
 		}
@@ -658,9 +662,9 @@ func TestConnectionLoss(t *testing.T) {
 		t.Fatalf("Subscribe returned during the outage: %v", err)
 	default:
 	}
-	var c *amqp.Connection
-	if !pub.As(&c) || c.IsClosed() {
-		t.Error("publisher not reconnected")
+	var cs Connections
+	if !pub.As(&cs) || cs.Publish.IsClosed() || cs.Consume.IsClosed() || cs.Publish == cs.Consume {
+		t.Error("publisher's connections not reconnected")
 	}
 }
 

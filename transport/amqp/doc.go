@@ -46,8 +46,11 @@
 // unconfirmed messages, for up to Options.PublishRetry (30s) within its
 // ctx; after that (or with NoPublishRetry) it fails with ErrUnconfirmed.
 // A Publish that finds no connection waits for one, also at most
-// PublishRetry. During a broker resource alarm (connection.blocked)
-// publishes wait, bounded by their ctx; the alarm is logged.
+// PublishRetry. During a broker resource alarm (connection.blocked, a
+// memory or disk alarm) Publish waits for the unblock before writing,
+// bounded by its ctx and PublishRetry, instead of blocking in a socket
+// write that ctx cannot interrupt; the alarm is logged. (A Publish already
+// writing when the alarm starts can still wait for TCP flow control.)
 // It never reports a message as published that the broker did not
 // confirm; a resent message can arrive twice.
 //

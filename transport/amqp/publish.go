@@ -144,6 +144,22 @@ func (t *Transport) send(ctx context.Context, exchange, topic string, out []outg
 	until := time.Now().Add(t.o.PublishRetry)
 	pending := out
 	for {
+		// During a resource alarm the broker stops reading from
+		// publishing connections, and a write would block beyond the
+		// reach of ctx: wait here instead.
+		select {
+		case <-t.whenUnblocked():
+		default:
+			select {
+			case <-t.whenUnblocked():
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Until(until)):
+				return fmt.Errorf("%w: %d message(s) on exchange %q: the broker blocked publishing (resource alarm) for %v", ErrUnconfirmed, len(pending), exchange, t.o.PublishRetry)
+			case <-t.closedCh:
+				return transport.ErrClosed
+			}
+		}
 		wctx, cancel := context.WithDeadline(ctx, until)
 		pc, err := t.acquire(wctx)
 		cancel()
@@ -194,9 +210,11 @@ func (t *Transport) send(ctx context.Context, exchange, topic string, out []outg
 
 // pubChan is a confirm-mode channel used by one send at a time.
 type pubChan struct {
-	ch   *amqp.Channel
-	conn *amqp.Connection
-	gen  uint64
+	t         *Transport
+	closeOnce sync.Once
+	ch        *amqp.Channel
+	conn      *amqp.Connection
+	gen       uint64
 	// exchanges declared on this channel's connection generation.
 	exchanges map[string]bool
 
@@ -237,12 +255,12 @@ func (t *Transport) acquire(ctx context.Context) (*pubChan, error) {
 		break
 	}
 	for {
-		conn, gen, err := t.connection(ctx)
+		conn, gen, err := t.pub.connection(ctx)
 		if err != nil {
 			<-t.pubSlots
 			return nil, err
 		}
-		pc, err := newPubChan(conn, gen)
+		pc, err := newPubChan(t, conn, gen)
 		if err == nil {
 			return pc, nil
 		}
@@ -272,7 +290,7 @@ func (t *Transport) release(pc *pubChan) {
 	<-t.pubSlots
 }
 
-func newPubChan(conn *amqp.Connection, gen uint64) (*pubChan, error) {
+func newPubChan(t *Transport, conn *amqp.Connection, gen uint64) (*pubChan, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, err
@@ -281,7 +299,7 @@ func newPubChan(conn *amqp.Connection, gen uint64) (*pubChan, error) {
 		ch.Close()
 		return nil, err
 	}
-	pc := &pubChan{ch: ch, conn: conn, gen: gen, exchanges: map[string]bool{}, barrier: make(chan chan struct{}), quit: make(chan struct{})}
+	pc := &pubChan{t: t, ch: ch, conn: conn, gen: gen, exchanges: map[string]bool{}, barrier: make(chan chan struct{}), quit: make(chan struct{})}
 	pc.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	// Unbuffered on purpose: the client's reader goroutine hands a
 	// basic.return over (the send completes) before it processes the
@@ -330,14 +348,17 @@ func (pc *pubChan) usable(t *Transport) bool {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return !t.closed && t.gen == pc.gen && t.conn == pc.conn
+	return !t.closed && t.pub.gen == pc.gen && t.pub.conn == pc.conn
 }
 
+// close marks pc dead and closes its channel in the background: the
+// close handshake waits for the broker, which may not be reading (a
+// resource alarm, a partition), and must not hold the caller.
 func (pc *pubChan) close() {
 	pc.mu.Lock()
 	pc.dead = true
 	pc.mu.Unlock()
-	_ = pc.ch.Close()
+	pc.closeOnce.Do(func() { pc.t.async(func() { _ = pc.ch.Close() }) })
 }
 
 // publish sends out back to back and then waits for every confirm (or the

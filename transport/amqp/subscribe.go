@@ -46,7 +46,7 @@ func (t *Transport) Declare(ctx context.Context, topic string, opts transport.Su
 		return transport.ErrClosed
 	}
 	for {
-		conn, _, err := t.connection(ctx)
+		conn, _, err := t.sub.connection(ctx)
 		if err != nil {
 			return err
 		}
@@ -192,13 +192,17 @@ func (s *subscription) run(ctx context.Context) error {
 		}
 		_ = s.d.Stop(context.Background())
 		if ch != nil {
-			_ = ch.Close()
+			// Unacked messages return to the queue when the channel
+			// closes; the handshake runs in the background so an
+			// unresponsive broker cannot hold Subscribe.
+			c := ch
+			t.async(func() { _ = c.Close() })
 		}
 		return err
 	}
 	first := true
 	for {
-		conn, _, err := t.connection(runCtx)
+		conn, _, err := t.sub.connection(runCtx)
 		if err != nil {
 			return finish(err)
 		}
@@ -228,7 +232,10 @@ func (s *subscription) run(ctx context.Context) error {
 		first = false
 		lost := s.consume(runCtx, ch, dl, queue)
 		if !lost {
-			_ = ch.Cancel(tag, false)
+			// Stop the broker pushing more (basic.cancel) while the
+			// taken messages drain; in the background, as above.
+			c := ch
+			t.async(func() { _ = c.Cancel(tag, false) })
 			return finish(nil)
 		}
 		t.log.Warn("amqptransport: consumer channel lost; resuming", "topic", s.topic, "group", s.opts.Group, "queue", queue)
@@ -515,7 +522,7 @@ func (t *Transport) retryQueue(ctx context.Context, queue string, delay time.Dur
 	if ok && time.Since(last) < time.Minute {
 		return name, nil
 	}
-	conn, _, err := t.connection(ctx)
+	conn, _, err := t.pub.connection(ctx)
 	if err != nil {
 		return "", err
 	}

@@ -140,6 +140,41 @@ func TestTLS(t *testing.T) {
 		t.Errorf("wrong password over TLS: err %v", err)
 	}
 
+	// Memory alarm (watermark 0): the broker blocks publishers; Publish
+	// returns with its ctx instead of hanging in a write, and goes
+	// through once the alarm clears.
+	if _, err := node.Ctl(ctx, "set_vm_memory_high_watermark", "0"); err != nil {
+		t.Fatal(err)
+	}
+	blocked := func() bool {
+		select {
+		case <-c.(*Transport).whenUnblocked():
+			return false
+		default:
+			return true
+		}
+	}
+	// The broker sends connection.blocked on the next publish.
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	perr := c.Publish(pctx, topic, message.New([]byte("during the alarm")))
+	pcancel()
+	if perr == nil && !eventually(5*time.Second, blocked) {
+		t.Fatalf("no connection.blocked after a memory alarm")
+	}
+	pctx, pcancel = context.WithTimeout(ctx, time.Second)
+	start := time.Now()
+	perr = c.Publish(pctx, topic, message.New([]byte("blocked")))
+	pcancel()
+	if !errors.Is(perr, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+		t.Errorf("Publish while blocked = %v after %v, want context.DeadlineExceeded after ~1s", perr, time.Since(start))
+	}
+	if _, err := node.Ctl(ctx, "set_vm_memory_high_watermark", "0.4"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, topic, message.New([]byte("after the alarm"))); err != nil {
+		t.Errorf("Publish after the alarm cleared: %v", err)
+	}
+
 	// Broker down (the node is private, so it can be stopped): Publish
 	// waits at most PublishRetry for a connection and then fails with
 	// ErrUnconfirmed, never reporting success; a running Subscribe keeps
@@ -156,7 +191,7 @@ func TestTLS(t *testing.T) {
 		subErr <- tr.Subscribe(context.Background(), topic, message.HandlerFunc(func(context.Context, *message.Message) error { return nil }), o)
 	}()
 	node.Stop()
-	start := time.Now()
+	start = time.Now()
 	err = tr.Publish(ctx, topic, message.New([]byte("nowhere to go")))
 	if !errors.Is(err, ErrUnconfirmed) {
 		t.Errorf("Publish with the broker down = %v, want ErrUnconfirmed", err)
