@@ -925,3 +925,49 @@ func TestForeignMessage(t *testing.T) {
 		t.Fatal("no message")
 	}
 }
+
+// TestPrefetchedKeptLeased: messages fetched while the one handler is busy
+// for 3×AckWait wait under InProgress too: none is redelivered.
+func TestPrefetchedKeptLeased(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 30*time.Second)
+	const ackWait = time.Second
+	o := transport.SubscribeOptions{Group: "g", AckWait: ackWait, MaxInFlight: 4}
+	if err := tr.Declare(ctx, "prefetch", o); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]*message.Message, 4)
+	for i := range msgs {
+		msgs[i] = message.New([]byte{byte(i)})
+	}
+	if err := tr.Publish(ctx, "prefetch", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	var mu sync.Mutex
+	attempts := map[string]int{}
+	subscribe(t, tr, "prefetch", o, func(hctx context.Context, m *message.Message) error {
+		mu.Lock()
+		attempts[m.ID] = max(attempts[m.ID], m.Attempt)
+		mu.Unlock()
+		if calls.Add(1) == 1 {
+			select {
+			case <-time.After(3 * ackWait):
+			case <-hctx.Done():
+				return hctx.Err()
+			}
+		}
+		return nil
+	})
+	s, _ := jsOf(t, tr).Stream(ctx, "COURIER_prefetch")
+	c, _ := s.Consumer(ctx, "g")
+	waitFor(t, 15*time.Second, "all acked", func() bool {
+		ci, err := c.Info(ctx)
+		return err == nil && ci.AckFloor.Stream == 4 && ci.NumAckPending == 0
+	})
+	ci, _ := c.Info(ctx)
+	if ci.NumRedelivered != 0 || calls.Load() != 4 {
+		t.Errorf("redelivered %d, handled %d times (attempts %v); want 0 and 4", ci.NumRedelivered, calls.Load(), attempts)
+	}
+}
