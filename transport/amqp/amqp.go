@@ -34,8 +34,9 @@ var (
 	ErrTopology = errors.New("amqptransport: topology conflict")
 )
 
-// Transport is a connection to one RabbitMQ broker (or cluster entry
-// point). It implements transport.Conn. It reconnects by itself.
+// Transport connects to one RabbitMQ broker (or cluster entry point),
+// with one connection for publishing and one for consuming. It implements
+// transport.Conn and reconnects by itself.
 type Transport struct {
 	o       Options
 	url     string // with credentials; never printed

@@ -105,9 +105,12 @@
 //
 // # Connection and channel loss
 //
-// One AMQP connection per Transport. When it closes without Close (broker
-// restart, network, rabbitmqctl close_connection), the Transport
-// reconnects with exponential backoff (Options.ReconnectMin 100ms to
+// A Transport holds two AMQP connections, named ConnectionName+"-publish"
+// and ConnectionName+"-consume": RabbitMQ stops reading from connections
+// that publish while a memory or disk alarm is in force, and consumers'
+// acks must keep flowing then (RabbitMQ's own advice). When either closes
+// without Close (broker restart, network, rabbitmqctl close_connection),
+// the Transport reconnects it with exponential backoff (Options.ReconnectMin 100ms to
 // ReconnectMax 5s, cenkalti/backoff), every Subscribe re-opens its channel,
 // re-declares its topology and consumes again, and Publish resends what was
 // unconfirmed. A consumer channel closed on its own (its queue deleted, a
@@ -169,8 +172,10 @@
 //
 // # As
 //
-// Transport.As accepts **amqp091.Connection (the current connection;
-// it changes after a reconnect). A received Message's As accepts
+// Transport.As accepts **amqp091.Connection (the current consuming
+// connection) and *Connections (both, publishing and consuming); they
+// change after a reconnect, and As reports false while one is
+// reconnecting. A received Message's As accepts
 // *amqp091.Delivery (the delivery as received) and **amqp091.Channel (the
 // channel it arrived on; settle only through the handler's return value).
 //
@@ -187,7 +192,8 @@
 // up to Options.PublishChannels confirm channels, each used by one call at a
 // time; further calls wait for a free one. Each Subscribe has its own
 // channel. Close is immediate and idempotent (handlers' contexts are
-// cancelled; their messages return to the queue); Shutdown stops the
+// cancelled; their messages return to the queue; the AMQP close handshake
+// waits at most 2s for an unresponsive broker); Shutdown stops the
 // consumers (basic.cancel), lets running handlers finish and land their
 // acks, waits for running Publish calls and closes.
 //
