@@ -653,13 +653,19 @@ func (pt *partState) ack(d *delivery) {
 		mark = pt.mark
 	}
 	pt.inDispatch--
-	pt.cond.Broadcast()
+	if pt.revoked {
+		pt.cond.Broadcast() // revoke waits for inDispatch to reach 0
+	}
 	nd := pt.releaseKey(d)
+	gone := d.gone
+	d.gone = true
 	pt.mu.Unlock()
 	if mark != nil {
 		mark(next)
 	}
-	pt.giveBack(d)
+	if !gone {
+		pt.s.lim.release(1)
+	}
 	if nd != nil && !pt.s.q.push(nd) {
 		pt.drop(nd)
 	}
