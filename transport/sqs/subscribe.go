@@ -405,7 +405,11 @@ func (s *sub) release(inf *inflight) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if err := s.changeVisibility(ctx, inf, 0); err != nil {
+	secs := int32(0)
+	if s.t.o.FIFO && s.t.o.Goaws {
+		secs = 1 // see Options.Goaws
+	}
+	if err := s.changeVisibility(ctx, inf, secs); err != nil {
 		s.t.o.Logger.Debug("sqstransport: release failed; the message returns after its visibility timeout", "queue", s.queue, "message_id", inf.m.ID, "error", err)
 	}
 }
