@@ -209,34 +209,36 @@
 // # Performance
 //
 // Measured 2026-11-22 on the project's machine: 2 cores (Intel Xeon),
-// shared with ~8 other engineers' builds and tests (load average 10-13
-// during the runs, so single figures swing by ±30%), RabbitMQ 3.10.8 on
-// the same host, persistent messages, durable classic queue, publisher
+// shared with other engineers' builds and tests (load average 3-5 during
+// these runs; single figures still swing by ±20%), RabbitMQ 3.10.8 on the
+// same host, persistent messages, durable classic queue, publisher
 // confirms, mandatory, prefetch 64, batches of 100 messages per Publish,
-// -benchtime 20000x, three runs each (see bench_test.go):
+// three runs each (see bench_test.go):
 //
 //	go test -run '^$' -bench 'SideBySide' -benchtime 20000x -count 3 ./transport/amqp/
 //
-//	                       raw amqp091-go   adapter        adapter/raw
-//	publish 16 B           3.4k-5.0k msg/s  3.4k-4.4k      88%, 99%, 103%
-//	publish 1 KiB          3.3k-5.4k msg/s  3.9k-4.2k      71%, 100%, 125%
-//	drain 16 B             20.7k-25.4k      18.0k-25.3k    87%, 96%, 101%
-//	drain 1 KiB            9.3k-13.3k       9.4k-13.9k     100%, 105%, 105%
+//	                  raw amqp091-go      adapter             adapter/raw per run
+//	publish 16 B      7.3k-13.6k msg/s    8.6k-12.8k msg/s    90%, 94%, 118%
+//	publish 1 KiB     10.9k-12.2k msg/s   10.9k-11.9k msg/s   97%, 97%, 101%
+//	drain 16 B        26.4k-41.3k msg/s   25.5k-39.9k msg/s   97%, 97%, 98%
+//	drain 1 KiB       14.6k-16.5k msg/s   13.5k-15.6k msg/s   87%, 94%, 99%
 //
 // The side-by-side benchmarks alternate raw and adapter in chunks of 1000
-// messages within one run so that load from elsewhere hits both alike;
-// the medians are at or above 96% of raw in all four. The broker, not the
-// client, is the bottleneck: a CPU profile of the adapter shows the test
-// process busy ~3% (publish) and ~11% (drain) of the time.
+// messages within one run (the drain backlogs filled interleaved) so that
+// load from elsewhere hits both alike; the median ratios are 94-97%. The
+// broker, not the client, is the bottleneck: a CPU profile shows the test
+// process busy ~3% (publish) and ~11% (drain) of the wall time. Earlier
+// runs under load average 11-13 gave the same picture at a third of the
+// rates (medians 96-105%).
 //
 // End to end (conformance.Bench: 4 publishers, batches of 100, one
-// subscription, publish → handler → ack): 5.4k-6.4k msg/s at 16 B and
-// 3.8k-4.3k msg/s at 1 KiB, 77 allocations per message.
+// subscription, publish → handler → ack, -benchtime 3000x): 5.5k-7.7k
+// msg/s at 16 B and 6.4k-6.7k msg/s at 1 KiB, 77 allocations per message.
 //
 // Latency at a fixed offered rate of 1000 msg/s (one message per Publish
 // from 8 publishers, measured from each message's scheduled send time to
-// its handler): p50 1.3-1.6 ms for the adapter against 1.1-2.9 ms raw;
-// p99 25-450 ms for both, set by the other jobs' load spikes on the
-// machine (the least disturbed run gave p99 18 ms adapter, 31 ms raw at
-// 16 B).
+// its handler, 5000 messages, three runs): p50 0.86-1.22 ms for the
+// adapter against 0.89-1.26 ms raw; p99 5-107 ms against 17-110 ms raw,
+// set by load spikes from the machine's other jobs rather than by either
+// client.
 package amqptransport
