@@ -14,9 +14,13 @@ import (
 )
 
 func harness(t testing.TB, mode sqstransport.Mode) conformance.Harness {
+	return harnessWith(t, mode, sqstransport.Options{})
+}
+
+func harnessWith(t testing.TB, mode sqstransport.Mode, base sqstransport.Options) conformance.Harness {
 	h := conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
-			o := sqstransport.Options{}
+			o := base
 			if os.Getenv("SQS_DEBUG") != "" {
 				o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			}
@@ -52,6 +56,15 @@ func TestConformanceSQS(t *testing.T) {
 	runConformance(t, sqstransport.ModeSQS, "GroupsFanOut")
 }
 
+// TestConformanceSQSFIFO runs the suite on sqs:// with FIFO queues, where
+// OrderedByKey is declared. One receiver per subscription: goaws's FIFO
+// group lock holds one group per queue, so parallel receivers could take
+// two messages of one group at once there (AWS does not).
+func TestConformanceSQSFIFO(t *testing.T) {
+	t.Parallel()
+	runConformanceWith(t, sqstransport.ModeSQS, sqstransport.Options{FIFO: true, Receivers: 1}, "GroupsFanOut")
+}
+
 // childEnv marks the child test process that runs one suite.
 const childEnv = "COURIER_SQS_CONFORMANCE_CHILD"
 
@@ -59,8 +72,12 @@ const childEnv = "COURIER_SQS_CONFORMANCE_CHILD"
 // go test -skip in a child run of this test binary (the suite has no
 // per-case switch), and named in the log.
 func runConformance(t *testing.T, mode sqstransport.Mode, skip ...string) {
+	runConformanceWith(t, mode, sqstransport.Options{}, skip...)
+}
+
+func runConformanceWith(t *testing.T, mode sqstransport.Mode, o sqstransport.Options, skip ...string) {
 	if os.Getenv(childEnv) == t.Name() || len(skip) == 0 && os.Getenv(childEnv) == "" {
-		conformance.Run(t, harness(t, mode))
+		conformance.Run(t, harnessWith(t, mode, o))
 		return
 	}
 	if os.Getenv(childEnv) != "" {

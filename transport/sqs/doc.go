@@ -183,8 +183,9 @@
 // off, because goaws reports 1 on every delivery.
 //
 // The contract has no capability for fan-out, and sqs:// (point to point)
-// cannot give every group every message: its conformance run skips
-// GroupsFanOut by name.
+// cannot give every group every message: its conformance runs (standard
+// and FIFO) skip GroupsFanOut by name. The suite runs three times: sns://,
+// sqs:// and sqs:// with FIFO (where OrderedByKey is exercised).
 //
 // # Tested on goaws
 //
