@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -454,4 +455,36 @@ func TestNames(t *testing.T) {
 	c := newCollector()
 	subscribe(t, tr, topic, c, transport.SubscribeOptions{Group: group})
 	c.wait(t, 1, 20*time.Second)
+}
+
+// TestNoCreate: with create=false nothing is created; missing queues and
+// topics are errors that keep the SDK's error reachable; existing ones
+// work.
+func TestNoCreate(t *testing.T) {
+	for _, mode := range []sqstransport.Mode{sqstransport.ModeSQS, sqstransport.ModeSNS} {
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx := context.Background()
+			strict := open(t, mode, sqstransport.Options{NoCreate: true})
+			topic := name(t)
+			err := strict.Publish(ctx, topic, message.New([]byte("x")))
+			if err == nil {
+				t.Fatal("publish to a missing topic succeeded with create=false")
+			}
+			var api smithy.APIError
+			if mode == sqstransport.ModeSQS && !errors.As(err, &api) {
+				t.Errorf("error %v does not expose the SDK's APIError", err)
+			}
+			// Create what is needed with another transport, then use it.
+			creator := open(t, mode, sqstransport.Options{})
+			if err := creator.Declare(ctx, topic, transport.SubscribeOptions{Group: "g"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := strict.Publish(ctx, topic, message.New([]byte("x"))); err != nil {
+				t.Fatalf("publish to an existing topic with create=false: %v", err)
+			}
+			c := newCollector()
+			subscribe(t, strict, topic, c, transport.SubscribeOptions{Group: "g"})
+			c.wait(t, 1, 20*time.Second)
+		})
+	}
 }
