@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -194,11 +195,7 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 }
 
 func sortEntries(f []EntryError) {
-	for i := 1; i < len(f); i++ {
-		for j := i; j > 0 && f[j].Index < f[j-1].Index; j-- {
-			f[j], f[j-1] = f[j-1], f[j]
-		}
-	}
+	slices.SortFunc(f, func(a, b EntryError) int { return a.Index - b.Index })
 }
 
 // sendWithRetry sends one batch, sending again the entries that failed on

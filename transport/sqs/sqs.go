@@ -389,11 +389,7 @@ func (t *Transport) queueAttrs(ctx context.Context, queue string) (map[string]st
 	if t.o.MaxReceiveCount <= 0 {
 		return attrs, nil
 	}
-	dlq := t.o.RedriveQueue
-	if dlq == "" {
-		dlq = t.fifoName(shorten(strings.TrimSuffix(queue, ".fifo")+"-dlq", t.Capabilities().Limits.MaxNameLen))
-	}
-	du, err := t.queueURL(ctx, dlq, true, nil)
+	du, err := t.queueURL(ctx, t.dlqName(queue), true, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -406,16 +402,21 @@ func (t *Transport) queueAttrs(ctx context.Context, queue string) (map[string]st
 	return attrs, nil
 }
 
+// dlqName is the redrive dead-letter queue of queue: Options.RedriveQueue
+// or "<queue>-dlq".
+func (t *Transport) dlqName(queue string) string {
+	if t.o.RedriveQueue != "" {
+		return t.o.RedriveQueue
+	}
+	return t.fifoName(shorten(strings.TrimSuffix(queue, ".fifo")+"-dlq", t.Capabilities().Limits.MaxNameLen))
+}
+
 // redriveURL is the URL of the redrive dead-letter queue of queue, or "".
 func (t *Transport) redriveURL(ctx context.Context, queue string) string {
 	if t.o.MaxReceiveCount <= 0 {
 		return ""
 	}
-	dlq := t.o.RedriveQueue
-	if dlq == "" {
-		dlq = t.fifoName(shorten(strings.TrimSuffix(queue, ".fifo")+"-dlq", t.Capabilities().Limits.MaxNameLen))
-	}
-	u, err := t.queueURL(ctx, dlq, true, nil)
+	u, err := t.queueURL(ctx, t.dlqName(queue), true, nil)
 	if err != nil {
 		return ""
 	}
@@ -473,14 +474,15 @@ func (t *Transport) declareGroup(ctx context.Context, topic, group string) (stri
 	return qu, nil
 }
 
-// subscribeQueue subscribes queue qu to the SNS topic with raw delivery and
-// returns after SNS accepted the subscription. It returns the
-// subscription ARN through sub when non-nil.
+// subscribeQueue subscribes queue qu to the SNS topic with raw delivery,
+// after giving the queue a policy that lets the topic send to it, and
+// returns after SNS accepted the subscription.
 func (t *Transport) subscribeQueue(ctx context.Context, topic, qu string) error {
 	_, err := t.subscribeQueueARN(ctx, topic, qu)
 	return err
 }
 
+// subscribeQueueARN is subscribeQueue returning the subscription's ARN.
 func (t *Transport) subscribeQueueARN(ctx context.Context, topic, qu string) (string, error) {
 	ta, err := t.topicARN(ctx, topic)
 	if err != nil {
