@@ -372,6 +372,9 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		return t.publishCore(ctx, nm)
 	}
 	if _, err := t.ensureStream(ctx, topic); err != nil {
+		if ctx.Err() == nil && t.isClosed() {
+			return transport.ErrClosed
+		}
 		return err
 	}
 	err := t.publishJS(ctx, nm)
@@ -387,8 +390,8 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}
-		if t.isClosed() && errors.Is(err, nats.ErrConnectionClosed) {
-			return transport.ErrClosed
+		if t.isClosed() {
+			return transport.ErrClosed // closed while publishing
 		}
 		return err
 	}
@@ -497,10 +500,12 @@ func (t *Transport) Declare(ctx context.Context, topic string, opts transport.Su
 		return fmt.Errorf("%w: core NATS keeps no messages for a group while none of its subscribers runs", transport.ErrUnsupported)
 	}
 	s, err := t.ensureStream(ctx, topic)
-	if err != nil {
-		return err
+	if err == nil {
+		_, err = t.ensureConsumer(ctx, s, topic, opts.Defaults(), false)
 	}
-	_, err = t.ensureConsumer(ctx, s, topic, opts.Defaults(), false)
+	if err != nil && ctx.Err() == nil && t.isClosed() {
+		return transport.ErrClosed // closed while declaring
+	}
 	return err
 }
 

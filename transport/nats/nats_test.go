@@ -971,3 +971,71 @@ func TestPrefetchedKeptLeased(t *testing.T) {
 		t.Errorf("redelivered %d, handled %d times (attempts %v); want 0 and 4", ci.NumRedelivered, calls.Load(), attempts)
 	}
 }
+
+// TestCloseDuringCalls: Close while Publish and Subscribe calls run makes
+// them return ErrClosed (or succeed, for a publish that got its ack first).
+func TestCloseDuringCalls(t *testing.T) {
+	srv := newServer(t, nil)
+	tr, err := natstransport.New(ctxT(t, 5*time.Second), natstransport.Options{URL: srv.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 50; j++ {
+				if err := tr.Publish(context.Background(), fmt.Sprintf("cd-%d", i), message.New([]byte("x"))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			errs <- tr.Subscribe(context.Background(), fmt.Sprintf("cd-%d", i), message.HandlerFunc(func(context.Context, *message.Message) error { return nil }), transport.SubscribeOptions{Group: "g"})
+		}()
+	}
+	time.Sleep(20 * time.Millisecond) // let some calls be in flight (not a result wait)
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("calls did not return after Close")
+	}
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, transport.ErrClosed) {
+			t.Errorf("call during Close returned %v, want transport.ErrClosed", err)
+		}
+	}
+	// Stream creations the closed client asked for may still be running
+	// in the server; shutting it down in the middle of one leaks the
+	// server's own goroutines (filestore flush loop). Wait until the
+	// server's stream list is stable.
+	admin := open(t, natstransport.Options{URL: srv.URL()})
+	js := jsOf(t, admin)
+	count := func() int {
+		n := 0
+		for range js.StreamNames(ctxT(t, 5*time.Second)).Name() {
+			n++
+		}
+		return n
+	}
+	prev := -1
+	waitFor(t, 10*time.Second, "stream creations to settle", func() bool {
+		n := count()
+		stable := n == prev
+		prev = n
+		if !stable {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return stable
+	})
+}

@@ -139,11 +139,14 @@ type delivery struct {
 func (s *jsSub) run(ctx context.Context, h message.Handler) error {
 	t := s.t
 	st, err := t.ensureStream(ctx, s.topic)
-	if err != nil {
-		return err
+	if err == nil {
+		s.stream = st
+		err = s.createConsumer(ctx, 0)
 	}
-	s.stream = st
-	if err := s.createConsumer(ctx, 0); err != nil {
+	if err != nil {
+		if ctx.Err() == nil && t.isClosed() {
+			return transport.ErrClosed // closed while setting up
+		}
 		return err
 	}
 	if s.opts.Group == "" {
