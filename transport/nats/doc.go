@@ -46,7 +46,11 @@
 // where Start says, is deleted when Subscribe returns, and is removed by the
 // server EphemeralInactiveThreshold (30s) after its client vanished. If it
 // disappears while the subscription runs (a server restart that does not
-// keep it), it is recreated at the oldest unsettled stream sequence.
+// keep it), it is recreated at the oldest unsettled stream sequence. A
+// group's durable consumer deleted under a running subscription (by an
+// operator) is recreated too, logged at Warn; Start applies to it again, so
+// messages published between the deletion and the re-creation are not
+// delivered to that group with StartNew.
 //
 // # Delivery semantics
 //
