@@ -1039,3 +1039,64 @@ func TestCloseDuringCalls(t *testing.T) {
 		return stable
 	})
 }
+
+// TestConsumerDeletedUnderSubscription: a group's durable consumer, or the
+// ephemeral one of a subscription without a group, deleted by an operator
+// while the subscription runs, is recreated and delivery goes on.
+func TestConsumerDeletedUnderSubscription(t *testing.T) {
+	for _, group := range []string{"g", ""} {
+		t.Run("group="+group, func(t *testing.T) {
+			srv := newServer(t, nil)
+			tr := open(t, natstransport.Options{URL: srv.URL()})
+			ctx := ctxT(t, 30*time.Second)
+			topic := "del"
+			o := transport.SubscribeOptions{Group: group}
+			if group != "" {
+				if err := tr.Declare(ctx, topic, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var mu sync.Mutex
+			seen := map[string]bool{}
+			subscribe(t, tr, topic, o, func(_ context.Context, m *message.Message) error {
+				mu.Lock()
+				seen[m.ID] = true
+				mu.Unlock()
+				return nil
+			})
+			has := func(id string) bool { mu.Lock(); defer mu.Unlock(); return seen[id] }
+			i := 0
+			probe := func(prefix string) func() bool {
+				return func() bool {
+					i++
+					id := fmt.Sprintf("%s-%d", prefix, i)
+					_ = tr.Publish(ctx, topic, &message.Message{ID: id})
+					deadline := time.Now().Add(300 * time.Millisecond)
+					for time.Now().Before(deadline) {
+						if has(id) {
+							return true
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
+					return false
+				}
+			}
+			waitFor(t, 10*time.Second, "delivery before the deletion", probe("before"))
+			s, err := jsOf(t, tr).Stream(ctx, "COURIER_"+topic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for n := range s.ConsumerNames(ctx).Name() {
+				names = append(names, n)
+			}
+			if len(names) != 1 {
+				t.Fatalf("consumers %v, want one", names)
+			}
+			if err := s.DeleteConsumer(ctx, names[0]); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 20*time.Second, "delivery after the deletion", probe("after"))
+		})
+	}
+}
