@@ -581,6 +581,10 @@ func TestCoreMode(t *testing.T) {
 			if m.Headers["x"] != "y" || m.Key != "k" || m.Topic != "core" {
 				t.Errorf("core message %+v", m)
 			}
+			var nm *nats.Msg
+			if !m.As(&nm) || nm.Subject != "courier.core" {
+				t.Errorf("core message As(**nats.Msg) failed")
+			}
 			return nil
 		})
 	}
