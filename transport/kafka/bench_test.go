@@ -355,32 +355,34 @@ func BenchmarkLatency(b *testing.B) {
 			<-done
 			cg.Close()
 		})
-		b.Run("courier/"+sz.name, func(b *testing.B) {
-			tr := newTransport(b, testOptions(b))
-			topic := benchTopic(b, tr)
-			l := &latencies{n: b.N, done: make(chan struct{})}
-			ready := make(chan struct{})
-			var once sync.Once
-			stop := subscribe(b, tr, topic, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
-				if strings.HasPrefix(string(m.Payload), "probe") {
-					once.Do(func() { close(ready) })
-				} else {
-					l.add(int64(binary.BigEndian.Uint64(m.Payload)))
-				}
-				return nil
-			}), transport.SubscribeOptions{Group: topic + "-courier"})
-			ctx := context.Background()
-			waitReady(b, ready, func() error { return tr.Publish(ctx, topic, message.New([]byte("probe"))) })
-			b.ResetTimer()
-			schedule(b, func(int) {
-				if err := tr.Publish(ctx, topic, &message.Message{Payload: stamp(sz.size)}); err != nil {
-					b.Error(err)
-				}
+		for _, v := range []struct{ name string }{{"courier"}} {
+			b.Run(v.name+"/"+sz.name, func(b *testing.B) {
+				tr := newTransport(b, testOptions(b))
+				topic := benchTopic(b, tr)
+				l := &latencies{n: b.N, done: make(chan struct{})}
+				ready := make(chan struct{})
+				var once sync.Once
+				stop := subscribe(b, tr, topic, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+					if strings.HasPrefix(string(m.Payload), "probe") {
+						once.Do(func() { close(ready) })
+					} else {
+						l.add(int64(binary.BigEndian.Uint64(m.Payload)))
+					}
+					return nil
+				}), transport.SubscribeOptions{Group: topic + "-courier"})
+				ctx := context.Background()
+				waitReady(b, ready, func() error { return tr.Publish(ctx, topic, message.New([]byte("probe"))) })
+				b.ResetTimer()
+				schedule(b, func(int) {
+					if err := tr.Publish(ctx, topic, &message.Message{Payload: stamp(sz.size)}); err != nil {
+						b.Error(err)
+					}
+				})
+				l.report(b)
+				b.StopTimer()
+				stop()
 			})
-			l.report(b)
-			b.StopTimer()
-			stop()
-		})
+		}
 	}
 }
 

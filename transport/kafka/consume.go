@@ -70,7 +70,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 
 	cfg := *t.cfg
 	cfg.Consumer.Group.Rebalance.GroupStrategies, _ = t.o.balance() // validated by New
-	cfg.MetricRegistry = metrics.NewRegistry() // its own: closing it unregisters only its meters
+	cfg.MetricRegistry = metrics.NewRegistry()                      // its own: closing it unregisters only its meters
 	cfg.Producer.Idempotent = false
 	cfg.Net.MaxOpenRequests = 5
 	// Bound what the client prefetches: per partition, one fetch of

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	metrics "github.com/rcrowley/go-metrics"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -49,7 +50,15 @@ type Transport struct {
 
 	client   sarama.Client // producer and admin requests
 	producer sarama.SyncProducer
-	admin    sarama.ClusterAdmin
+
+	// batchProducer sends calls of several messages: it lingers
+	// (Options.Linger) so they leave as one request per broker, while
+	// producer sends one-message calls at once. Its client is made on the
+	// first such call.
+	batchMu       sync.Mutex
+	batchClient   sarama.Client
+	batchProducer sarama.SyncProducer
+	admin         sarama.ClusterAdmin
 
 	topicsMu sync.Mutex
 	topics   map[string]bool // known to exist
@@ -91,9 +100,11 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		c   sarama.Client
 		err error
 	}
+	single := *cfg
+	single.Producer.Flush.Frequency = 0 // one-message calls go at once
 	ch := make(chan result, 1)
 	go func() {
-		c, err := sarama.NewClient(o.Brokers, cfg)
+		c, err := sarama.NewClient(o.Brokers, &single)
 		ch <- result{c, err}
 	}()
 	var r result
@@ -168,7 +179,9 @@ func (t *Transport) Capabilities() transport.Capabilities {
 }
 
 // As sets target to one of the native clients: *sarama.Client (the client
-// the producer and admin share), *sarama.SyncProducer,
+// the producer and admin share), *sarama.SyncProducer (the producer of
+// one-message calls; calls of several messages use a second, lingering
+// producer on its own client),
 // *sarama.ClusterAdmin or *sarama.Config (a copy of the configuration the
 // transport's clients use).
 func (t *Transport) As(target any) bool {
@@ -250,8 +263,16 @@ func (t *Transport) record(i int, topic string, m *message.Message) (*sarama.Pro
 // producer at once (it groups records by partition leader into one
 // request each), and waits for the acks or ctx.
 func (t *Transport) send(ctx context.Context, topic string, pms []*sarama.ProducerMessage) error {
+	p := t.producer
+	if len(pms) > 1 && t.o.Linger > 0 {
+		bp, err := t.batcher()
+		if err != nil {
+			return err
+		}
+		p = bp
+	}
 	done := make(chan error, 1)
-	go func() { done <- t.producer.SendMessages(pms) }()
+	go func() { done <- p.SendMessages(pms) }()
 	timer := time.NewTimer(t.o.PublishTimeout)
 	defer timer.Stop()
 	var err error
@@ -283,6 +304,31 @@ func (t *Transport) send(ctx context.Context, topic string, pms []*sarama.Produc
 		return t.wrap(fmt.Sprintf("publish to %q: %d of %d messages failed", topic, len(perrs), len(pms)), first)
 	}
 	return t.wrap(fmt.Sprintf("publish to %q", topic), err)
+}
+
+// batcher returns the lingering producer, creating it on first use.
+func (t *Transport) batcher() (sarama.SyncProducer, error) {
+	t.batchMu.Lock()
+	defer t.batchMu.Unlock()
+	if t.batchProducer != nil {
+		return t.batchProducer, nil
+	}
+	if t.isClosed() {
+		return nil, transport.ErrClosed
+	}
+	cfg := *t.cfg
+	cfg.MetricRegistry = metrics.NewRegistry()
+	c, err := sarama.NewClient(t.o.Brokers, &cfg)
+	if err != nil {
+		return nil, t.wrap("connect", err)
+	}
+	p, err := sarama.NewSyncProducerFromClient(c)
+	if err != nil {
+		c.Close()
+		return nil, t.wrap("producer", err)
+	}
+	t.batchClient, t.batchProducer = c, p
+	return p, nil
 }
 
 // ensureTopic makes sure topic exists, creating it when allowed.
@@ -487,6 +533,12 @@ func (t *Transport) shutdown(ctx context.Context) error {
 	if first {
 		close(t.done)
 		_ = t.producer.Close()
+		t.batchMu.Lock()
+		if t.batchProducer != nil {
+			_ = t.batchProducer.Close()
+			_ = t.batchClient.Close()
+		}
+		t.batchMu.Unlock()
 		_ = t.admin.Close() // closes t.client too
 		_ = t.client.Close()
 	}

@@ -63,6 +63,16 @@ type Options struct {
 	// below the broker's message.max.bytes and the topic's
 	// max.message.bytes). Default 1000000. URL: max_message_bytes.
 	MaxMessageBytes int
+	// Linger is how long the producer of calls with several messages
+	// waits, from the first record of a batch, for more records before
+	// sending (Kafka's linger.ms). Without it the idempotent producer
+	// (one request in flight per broker) sends a call's first record at
+	// once and the rest in the next request or two, never one request
+	// per message; with it, a call leaves as one produce request per
+	// partition leader, at the cost of the linger on every such call.
+	// One-message calls never linger (they use a producer of their own).
+	// Default 0: no linger, which measured faster on kfake. URL: linger.
+	Linger time.Duration
 	// PublishTimeout bounds one Publish call when its ctx has no earlier
 	// deadline (Kafka's delivery.timeout.ms). Default 30s. URL:
 	// publish_timeout.
@@ -266,6 +276,7 @@ func (o Options) config() (*sarama.Config, error) {
 	c.Producer.MaxMessageBytes = o.MaxMessageBytes
 	c.Producer.Timeout = o.PublishTimeout
 	c.Producer.Partitioner = sarama.NewHashPartitioner
+	c.Producer.Flush.Frequency = o.Linger
 
 	// Consumer.
 	c.Consumer.Return.Errors = true
@@ -343,6 +354,7 @@ func ParseURL(u *url.URL) (Options, error) {
 	q.Bool("create_topics", &create)
 	o.NoCreateTopics = !create
 	q.Int("max_message_bytes", &o.MaxMessageBytes)
+	q.Duration("linger", &o.Linger)
 	q.Duration("publish_timeout", &o.PublishTimeout)
 	q.Enum("compression", &o.Compression, "none", "gzip", "snappy", "lz4", "zstd")
 	q.Int("fetch_bytes", &o.FetchBytes)

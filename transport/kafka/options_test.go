@@ -15,12 +15,15 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
@@ -31,7 +34,7 @@ import (
 func TestParseURL(t *testing.T) {
 	u, _ := url.Parse("kafka+tls://alice:s3cr%40t@h1:9093,h3,h2:9094?client_id=svc&version=3.6.0&sasl_mechanism=SCRAM-SHA-512" +
 		"&tls_server_name=kafka.internal&partitions=6&replication_factor=3&create_topics=false&max_message_bytes=2000000" +
-		"&publish_timeout=5s&compression=zstd&fetch_bytes=65536&commit_interval=2s&session_timeout=20s&heartbeat_interval=2s" +
+		"&linger=2ms&publish_timeout=5s&compression=zstd&fetch_bytes=65536&commit_interval=2s&session_timeout=20s&heartbeat_interval=2s" +
 		"&rebalance_timeout=30s&balance=range&retry_backoff=1s&retry_backoff_max=1m&reconnect_backoff=2s")
 	o, err := kafkatransport.ParseURL(u)
 	if err != nil {
@@ -52,6 +55,7 @@ func TestParseURL(t *testing.T) {
 		{"replication_factor", o.ReplicationFactor, 3},
 		{"create_topics", o.NoCreateTopics, true},
 		{"max_message_bytes", o.MaxMessageBytes, 2000000},
+		{"linger", o.Linger, 2 * time.Millisecond},
 		{"publish_timeout", o.PublishTimeout, 5 * time.Second},
 		{"compression", o.Compression, "zstd"},
 		{"fetch_bytes", o.FetchBytes, 65536},
@@ -248,5 +252,59 @@ func TestTLS(t *testing.T) {
 	if c2, err := transport.Open(sctx, "kafka+tls://"+addr); err == nil {
 		c2.Close()
 		t.Fatal("Open without the CA succeeded")
+	}
+}
+
+// With Linger the records of one Publish call leave as one produce request
+// per broker; without (the default) never one per message.
+func TestPublishOneRequestPerCall(t *testing.T) {
+	if testenv.KafkaExternal() {
+		t.Skip("counts requests on a private kfake cluster")
+	}
+	brokers(t)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var produces atomic.Int64
+	c.ControlKey(0, func(kmsg.Request) (kmsg.Response, error, bool) {
+		produces.Add(1)
+		c.KeepControl()
+		return nil, nil, false // count only; kfake handles the request
+	})
+	o := testOptions(t)
+	o.Brokers = c.ListenAddrs()
+	o.Linger = 20 * time.Millisecond // generous: the race detector and a loaded CI box
+	tr := newTransport(t, o)
+	plain := newTransport(t, kafkatransport.Options{Brokers: c.ListenAddrs()})
+	ctx := context.Background()
+	if err := tr.Publish(ctx, "one-round", message.New(nil)); err != nil { // creates the topic, warms up
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		var ms []*message.Message
+		for i := range 100 {
+			ms = append(ms, &message.Message{Key: strconv.Itoa(i), Payload: []byte("x")}) // all 3 partitions
+		}
+		before := produces.Load()
+		if err := tr.Publish(ctx, "one-round", ms...); err != nil {
+			t.Fatal(err)
+		}
+		if n := produces.Load() - before; n != 1 {
+			t.Errorf("round %d: %d produce requests for one Publish of 100 messages with Linger, want 1", round, n)
+		}
+		before = produces.Load()
+		if err := plain.Publish(ctx, "one-round", ms...); err != nil {
+			t.Fatal(err)
+		}
+		// Without linger the first record goes alone and the rest follow
+		// in what accumulated meanwhile: 2 to 5 requests on an idle
+		// machine, more under the race detector, never one per message.
+		if n := produces.Load() - before; n < 1 || n >= int64(len(ms))/2 {
+			t.Errorf("round %d: %d produce requests for one Publish of 100 messages without linger, want batching", round, n)
+		} else {
+			t.Logf("without linger: %d produce requests for 100 messages", n)
+		}
 	}
 }
