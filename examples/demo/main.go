@@ -26,7 +26,9 @@ import (
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
+	_ "github.com/courierkit/courier/transport/amqp"
 	_ "github.com/courierkit/courier/transport/mem"
+	_ "github.com/courierkit/courier/transport/nats"
 )
 
 // OrderCreated is the event the order service publishes.

@@ -34,12 +34,9 @@ func TestConformance(t *testing.T) {
 	}
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (transport.Conn, error) {
-			// AllowUnroutable: the no-group case publishes probes to a
-			// topic before its subscription's queue is bound, expecting
-			// them to be dropped, not refused. Every other case declares
-			// its groups first. The mandatory default (unroutable → error)
-			// is covered by TestUnroutable.
-			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, AllowUnroutable: true, QueueType: os.Getenv("COURIER_AMQP_QUEUE_TYPE")})
+			// The adapter defaults: unroutable publishes are errors (the
+			// suite's no-group probes tolerate them).
+			return New(ctx, Options{URL: url, ConnectionName: "courier-conformance", ReconnectMax: time.Second, QueueType: os.Getenv("COURIER_AMQP_QUEUE_TYPE")})
 		},
 		Restart:           restart,
 		Prefix:            prefix,
