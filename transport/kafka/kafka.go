@@ -363,7 +363,11 @@ func (t *Transport) ensureTopic(ctx context.Context, topic string) error {
 			if errors.Is(err, sarama.ErrClosedClient) && t.isClosed() {
 				return transport.ErrClosed
 			}
-			return t.wrap(fmt.Sprintf("create topic %q", topic), err)
+			// Not allowed to create (ACLs, a managed cluster): fine when
+			// the topic is there already.
+			if ok, _ := t.topicExists(topic); !ok {
+				return t.wrap(fmt.Sprintf("create topic %q", topic), err)
+			}
 		}
 		// Wait until the metadata shows it, so producers and consumers
 		// find its partitions.
