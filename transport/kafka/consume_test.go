@@ -12,6 +12,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
 	kafkatransport "github.com/courierkit/courier/transport/kafka"
@@ -426,5 +427,61 @@ func TestShutdownDrainsAndCommits(t *testing.T) {
 	}
 	if err := tr.Publish(ctx, topic, message.New(nil)); err != transport.ErrClosed {
 		t.Fatalf("Publish after Shutdown: %v, want ErrClosed", err)
+	}
+}
+
+// Dead letters are published before the original's offset is committed:
+// while the dead-letter topic refuses the copy, the original stays
+// uncommitted and comes back; once the copy lands, the offset moves on.
+func TestDeadLetterBeforeCommit(t *testing.T) {
+	if testenv.KafkaExternal() {
+		t.Skip("changes topic configuration")
+	}
+	o := testOptions(t)
+	o.Partitions = 1
+	tr := newTransport(t, o)
+	ctx := context.Background()
+	topic, group, dlq := name(t, "t"), name(t, "g"), name(t, "dlq")
+	var admin sarama.ClusterAdmin
+	tr.As(&admin)
+	if err := admin.CreateTopic(dlq, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: -1,
+		ConfigEntries: map[string]*string{"max.message.bytes": ptr("200")}}, false); err != nil {
+		t.Fatal(err)
+	}
+	so := transport.SubscribeOptions{Group: group, DeadLetterTopic: dlq}
+	if err := tr.Declare(ctx, topic, so); err != nil {
+		t.Fatal(err)
+	}
+	var attempts atomic.Int32
+	subscribe(t, tr, topic, message.HandlerFunc(func(context.Context, *message.Message) error {
+		attempts.Add(1)
+		return message.Permanent(errors.New("poison"))
+	}), so)
+	if err := tr.Publish(ctx, topic, &message.Message{ID: "poison-1", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "two attempts while the dead-letter topic refuses", func() bool { return attempts.Load() >= 2 })
+	if c := committed(t, tr, topic, group)[0]; c != 0 {
+		t.Fatalf("committed %d while the dead-letter publish fails, want 0", c)
+	}
+	if err := admin.AlterConfig(sarama.TopicResource, dlq, map[string]*string{"max.message.bytes": ptr("1000000")}, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "offset committed after the dead letter landed", func() bool { return committed(t, tr, topic, group)[0] == 1 })
+	got := make(chan *message.Message, 1)
+	subscribe(t, tr, dlq, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		select {
+		case got <- m:
+		default:
+		}
+		return nil
+	}), transport.SubscribeOptions{Start: transport.StartOldest})
+	select {
+	case m := <-got:
+		if m.ID != "poison-1" || m.Header(message.HeaderDeadLetterReason) == "" || m.Header(message.HeaderDeadLetterTopic) != topic {
+			t.Fatalf("dead letter %+v", m)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("nothing on the dead-letter topic")
 	}
 }
