@@ -102,9 +102,13 @@
 // taking new records at once; records waiting for a redelivery or held
 // behind a busy key are given up (they are uncommitted, the next owner
 // reads them); records in handlers finish, their offsets are marked, and
-// the session commits before the partition is released. A handler that
-// runs longer than Options.RebalanceTimeout (60s) gets the member removed
-// from the group. After a broker error or a coordinator change the
+// the session commits before the partition is released. A member whose
+// in-flight handlers need longer than Options.RebalanceTimeout (60s) to
+// finish during a rebalance is dropped from the group: its partitions go
+// to other members, which read from the committed offsets, and its late
+// acknowledgements are refused by the coordinator (duplicates, no loss).
+// Outside rebalances a long handler is fine: heartbeats run on their own.
+// After a broker error or a coordinator change the
 // subscription joins again (ReconnectBackoff) and resumes from the
 // committed offsets; sarama reconnects the producer and fetchers itself.
 //
