@@ -36,10 +36,6 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if opts.OrderedByKey && opts.Concurrency <= 1 {
-		// One handler at a time already keeps every order.
-		opts.OrderedByKey = false
-	}
 	t.log.Debug("kafkatransport: subscribing", "topic", topic, "group", opts.Group)
 	if err := t.ensureTopic(ctx, topic); err != nil {
 		return err
