@@ -25,6 +25,11 @@ type Capabilities struct {
 	// LeaseExtension: a handler running longer than AckWait keeps its
 	// message (heartbeat, visibility or lease extension).
 	LeaseExtension bool
+	// PointToPoint: a topic is one queue that every subscriber competes
+	// for, whatever its group, so groups do not each get every message
+	// (sqs://, the seed's command queues). The one field whose true value
+	// is a restriction: false, the default, means groups fan out.
+	PointToPoint bool
 	// Limits are the broker's limits, checked by Publish before sending.
 	Limits Limits
 }

@@ -77,6 +77,7 @@ type Dispatcher struct {
 	idled   sync.Once
 
 	mu      sync.Mutex
+	inline  sync.Mutex // Concurrency 1: one handler at a time, whoever calls Deliver
 	keys    map[string]*keyQueue
 	stopped atomic.Bool
 	once    sync.Once
@@ -123,8 +124,10 @@ func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions)
 // Context is the context handlers run with.
 func (d *Dispatcher) Context() context.Context { return d.ctx }
 
-// Deliver hands m to a handler. It blocks while MaxInFlight messages are
-// unsettled (and, with Concurrency 1, while the handler runs), and returns
+// Deliver hands m to a handler. It may be called from several goroutines.
+// It blocks while MaxInFlight messages are unsettled (and, with
+// Concurrency 1, while the handler runs: such a call runs the handler in
+// the caller's goroutine, one call at a time), and returns
 // ctx.Err() when ctx ends first or ErrClosed after Stop; the message was
 // then not taken and a is untouched: the caller must leave it for
 // redelivery.
@@ -148,7 +151,11 @@ func (d *Dispatcher) Deliver(ctx context.Context, m *message.Message, a Acker) e
 	}
 	j := job{m: m, a: a}
 	if d.work == nil {
+		// Adapters may call Deliver from several goroutines (receivers,
+		// client-library callbacks): the lock keeps Concurrency 1 true.
+		d.inline.Lock()
 		d.run(j)
+		d.inline.Unlock()
 		return nil
 	}
 	d.mu.Lock()

@@ -280,3 +280,37 @@ func TestDispatcherParentCancel(t *testing.T) {
 		d.Stop(context.Background())
 	})
 }
+
+// TestDispatcherConcurrencyOneAcrossCallers: with Concurrency 1, handlers
+// never overlap even when Deliver is called from many goroutines.
+// It runs on the real clock: goroutines waiting on the Dispatcher's mutex
+// are not durably blocked, so synctest's clock would never advance.
+func TestDispatcherConcurrencyOneAcrossCallers(t *testing.T) {
+	func() {
+		var cur, peak atomic.Int32
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if c := cur.Add(1); c > peak.Load() {
+				peak.Store(c)
+			}
+			time.Sleep(100 * time.Microsecond)
+			cur.Add(-1)
+			return nil
+		}), transport.DispatchOptions{Subscribe: transport.SubscribeOptions{MaxInFlight: 8}})
+		a := &countAcker{}
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 10 {
+					d.Deliver(context.Background(), &message.Message{ID: fmt.Sprint(g, i)}, a)
+				}
+			}()
+		}
+		wg.Wait()
+		d.Stop(context.Background())
+		if peak.Load() != 1 || a.acks.Load() != 80 {
+			t.Fatalf("peak %d acks %d; want 1 and 80", peak.Load(), a.acks.Load())
+		}
+	}()
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -48,12 +47,11 @@ func TestConformanceSNS(t *testing.T) {
 }
 
 // TestConformanceSQS runs the suite on sqs:// (a topic is one queue that
-// every subscriber competes for, whatever its group). GroupsFanOut cannot
-// hold there by design and the contract has no capability to gate it yet,
-// so it is skipped by name; every other case must pass.
+// every subscriber competes for, whatever its group). The transport
+// declares PointToPoint, so the suite skips GroupsFanOut by capability.
 func TestConformanceSQS(t *testing.T) {
 	t.Parallel()
-	runConformance(t, sqstransport.ModeSQS, "GroupsFanOut")
+	runConformance(t, sqstransport.ModeSQS)
 }
 
 // TestConformanceSQSFIFO runs the suite on sqs:// with FIFO queues, where
@@ -62,56 +60,13 @@ func TestConformanceSQS(t *testing.T) {
 // two messages of one group at once there (AWS does not).
 func TestConformanceSQSFIFO(t *testing.T) {
 	t.Parallel()
-	runConformanceWith(t, sqstransport.ModeSQS, sqstransport.Options{FIFO: true, Receivers: 1}, "GroupsFanOut")
+	runConformanceWith(t, sqstransport.ModeSQS, sqstransport.Options{FIFO: true, Receivers: 1})
 }
 
-// childEnv marks the child test process that runs one suite.
-const childEnv = "COURIER_SQS_CONFORMANCE_CHILD"
-
-// runConformance runs the suite for mode. Cases to skip are skipped with
-// go test -skip in a child run of this test binary (the suite has no
-// per-case switch), and named in the log.
-func runConformance(t *testing.T, mode sqstransport.Mode, skip ...string) {
-	runConformanceWith(t, mode, sqstransport.Options{}, skip...)
+func runConformance(t *testing.T, mode sqstransport.Mode) {
+	runConformanceWith(t, mode, sqstransport.Options{})
 }
 
-func runConformanceWith(t *testing.T, mode sqstransport.Mode, o sqstransport.Options, skip ...string) {
-	if os.Getenv(childEnv) == t.Name() || len(skip) == 0 && os.Getenv(childEnv) == "" {
-		conformance.Run(t, harnessWith(t, mode, o))
-		return
-	}
-	if os.Getenv(childEnv) != "" {
-		t.Skip("child run of another suite")
-	}
-	pattern := ""
-	for i, c := range skip {
-		if i > 0 {
-			pattern += "|"
-		}
-		pattern += "^" + c + "$"
-	}
-	if len(skip) > 0 {
-		t.Logf("%s: skipping %v (see the comment on TestConformanceSQS)", mode, skip)
-	}
-	args := []string{"-test.run=^" + t.Name() + "$", "-test.count=1"}
-	if pattern != "" {
-		args = append(args, "-test.skip=^"+t.Name()+"$/"+pattern)
-	}
-	if testing.Verbose() {
-		args = append(args, "-test.v")
-	}
-	if testing.Short() {
-		args = append(args, "-test.short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Env = append(os.Environ(), childEnv+"="+t.Name())
-	out, err := cmd.CombinedOutput()
-	if err != nil || testing.Verbose() {
-		t.Logf("child test process:\n%s", out)
-	}
-	if err != nil {
-		t.Fatalf("%s conformance failed: %v", mode, err)
-	}
+func runConformanceWith(t *testing.T, mode sqstransport.Mode, o sqstransport.Options) {
+	conformance.Run(t, harnessWith(t, mode, o))
 }

@@ -146,6 +146,7 @@ func (t *Transport) Capabilities() transport.Capabilities {
 		Replay:         false,
 		BrokerTime:     true,
 		LeaseExtension: true,
+		PointToPoint:   t.o.Mode == ModeSQS,
 		Limits: transport.Limits{
 			MaxPayload: maxPayloadAnyBytes,
 			MaxMessage: maxWireBytes,
