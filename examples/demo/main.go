@@ -27,8 +27,11 @@ import (
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
 	_ "github.com/courierkit/courier/transport/amqp"
+	_ "github.com/courierkit/courier/transport/gcppubsub"
+	_ "github.com/courierkit/courier/transport/kafka"
 	_ "github.com/courierkit/courier/transport/mem"
 	_ "github.com/courierkit/courier/transport/nats"
+	_ "github.com/courierkit/courier/transport/sqs"
 )
 
 // OrderCreated is the event the order service publishes.
