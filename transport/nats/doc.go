@@ -202,11 +202,36 @@
 // existing stream or consumer that does not fit; ErrInvalidOption bad
 // Options or URL parameters; ErrNoAck a publish JetStream did not
 // acknowledge within APITimeout (retry it: the ID de-duplicates);
-// ErrNoRedelivery a nack in core mode. Errors
+// ErrNoRedelivery a nack in core mode; ErrUnknownGroup a Lag of a group
+// that has no consumer. Errors
 // from nats.go and jetstream stay reachable with errors.Is and errors.As
 // (nats.ErrNoServers, nats.ErrAuthorization, jetstream.ErrNoStreamResponse,
 // *jetstream.APIError...). Passwords, tokens and user-info never appear in
 // errors or logs.
+//
+// # Lag and health
+//
+// Transport implements transport.LagReporter and transport.Pinger.
+// Lag(ctx, topic, group) reads the ConsumerInfo of the group's durable
+// consumer (one JetStream API round trip, bounded by ctx, or APITimeout
+// without a deadline): Pending is its num_pending, the messages on the
+// topic's subject the group has not been delivered yet; InFlight is its
+// num_ack_pending, delivered and not acked (this includes messages
+// prefetched by a subscriber and not yet handed to a handler, and nacked
+// messages waiting out their delay). Partitions is nil. Lag never creates
+// anything: a group without a consumer, or a topic without a stream, is
+// ErrUnknownGroup naming both (jetstream.ErrConsumerNotFound or
+// ErrStreamNotFound reachable with errors.Is). A subscription without a
+// group has an ephemeral consumer and no lag to ask for. In core mode Lag
+// returns an error matching transport.ErrUnsupported: core NATS keeps no
+// backlog.
+//
+// Ping(ctx) is a round trip to the server: in JetStream mode an account
+// info request to the JetStream API (so a server whose JetStream does not
+// answer is unhealthy too), in core mode a PING/PONG flush. It fails at
+// once while the client is disconnected and reconnecting, returns
+// transport.ErrClosed after Close or Shutdown and ctx.Err() when ctx ends
+// first. Both are safe to call concurrently with everything else.
 //
 // # Concurrency and lifecycle
 //
