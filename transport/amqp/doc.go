@@ -181,10 +181,37 @@
 //
 // # Errors
 //
-// ErrUnroutable, ErrNacked, ErrUnconfirmed and ErrTopology; transport
+// ErrUnroutable, ErrNacked, ErrUnconfirmed, ErrTopology and
+// ErrUnknownGroup (Lag of a group without a queue); transport
 // sentinels (ErrClosed, ErrLimit, ErrInvalidName, ErrInvalidMessage,
 // ErrUnsupported for StartOldest); the *amqp091.Error from the broker stays
 // reachable with errors.As. A cancelled ctx returns ctx.Err() itself.
+//
+// # Lag and health
+//
+// Transport implements transport.LagReporter and transport.Pinger.
+// Lag(ctx, topic, group) is a passive queue.declare of the group's queue
+// "<topic>.<group>" on a short-lived channel of the consuming connection:
+// Pending is the queue's ready message count from declare-ok. It never
+// creates anything; a missing queue is ErrUnknownGroup naming topic, group
+// and queue (the broker's 404 NOT_FOUND reachable with errors.As), and the
+// broker closing that channel for the failed declare affects no other
+// channel or connection. InFlight is always -1: AMQP 0-9-1 reports only
+// ready messages, and the count of delivered-but-unacked messages is only
+// available from the management plugin's HTTP API, which this transport
+// does not use (it needs the plugin, another port and credentials).
+// Messages nacked with a delay wait in their retry queue and are not in
+// Pending until they come back. Partitions is nil. Lag waits for a
+// reconnect within ctx.
+//
+// Ping(ctx) opens a channel on the consuming connection and closes it, a
+// broker round trip each way. It fails at once while that connection is
+// reconnecting, returns transport.ErrClosed once Close or Shutdown has
+// begun, and ctx.Err() when ctx ends first. The publishing connection is
+// not probed: during a resource alarm the broker stops reading from it on
+// purpose, and Publish waits for the alarm to clear. Both calls are safe
+// for concurrent use; a broker that stops answering holds them only until
+// ctx ends.
 //
 // # Concurrency
 //
