@@ -179,12 +179,26 @@
 // raw headers) and *sarama.ConsumerGroupSession (the group session that
 // delivered it; false without a group).
 //
-// # Lag
+// # Lag and health
 //
-// Transport implements transport.LagReporter: Lag(ctx, topic, group)
-// returns, per partition, the high watermark minus the group's committed
-// offset (for a partition without a committed offset, the high watermark
-// minus the log start offset), their sum as Pending, and InFlight -1.
+// Transport implements transport.LagReporter and transport.Pinger.
+// Lag(ctx, topic, group) returns, per partition, the high watermark minus
+// the group's committed offset (for a partition without a committed
+// offset, the high watermark minus the log start offset), their sum as
+// Pending, and InFlight -1: Kafka does not know what a consumer has
+// fetched and not yet committed. A group the broker does not know and that
+// has committed nothing on the topic is ErrUnknownGroup. Lag asks the
+// brokers on every call (a metadata refresh of the topic, an offset fetch,
+// two list-offsets per partition), creates nothing (topic auto-creation is
+// off), and returns ctx.Err() as soon as ctx ends.
+//
+// Ping(ctx) sends an ApiVersions request to the controller broker; when
+// that fails it refreshes the metadata from any reachable broker, finds the
+// controller again and asks once more, so a controller move is not an
+// outage. It returns transport.ErrClosed after Close or Shutdown and
+// ctx.Err() when ctx ends first. sarama's requests cannot be interrupted:
+// one that outlives ctx finishes in the background within the client's
+// network timeouts (or at Close). Both are safe for concurrent use.
 //
 // # Errors
 //

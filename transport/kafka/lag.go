@@ -22,7 +22,9 @@ var ErrUnknownGroup = errors.New("kafkatransport: unknown consumer group")
 // partition the group has committed nothing on, the high watermark minus
 // the log start offset (Committed is then -1). Pending is their sum;
 // InFlight is -1 (the broker does not know what a consumer holds). It asks
-// the brokers each time it is called.
+// the brokers each time it is called, and returns ctx.Err() as soon as ctx
+// ends (a sarama request under way then finishes in the background within
+// the client's network timeouts) and transport.ErrClosed after Close.
 func (t *Transport) Lag(ctx context.Context, topic, group string) (transport.Lag, error) {
 	out := transport.Lag{Topic: topic, Group: group, InFlight: -1}
 	if err := ctx.Err(); err != nil {
@@ -31,6 +33,30 @@ func (t *Transport) Lag(ctx context.Context, topic, group string) (transport.Lag
 	if t.isClosed() {
 		return out, transport.ErrClosed
 	}
+	type result struct {
+		lag transport.Lag
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		l, err := t.lag(ctx, topic, group)
+		res <- result{l, err}
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil && t.isClosed() && !errors.Is(r.err, ErrUnknownGroup) {
+			return out, transport.ErrClosed
+		}
+		return r.lag, r.err
+	case <-ctx.Done():
+		return out, ctx.Err()
+	case <-t.done:
+		return out, transport.ErrClosed
+	}
+}
+
+func (t *Transport) lag(ctx context.Context, topic, group string) (transport.Lag, error) {
+	out := transport.Lag{Topic: topic, Group: group, InFlight: -1}
 	if err := t.client.RefreshMetadata(topic); err != nil {
 		return out, t.wrap(fmt.Sprintf("metadata of %q", topic), err)
 	}
