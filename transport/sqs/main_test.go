@@ -94,6 +94,15 @@ type goaws struct {
 	srv  *http.Server
 	gate sync.RWMutex
 	h    http.Handler
+	// slow, when set, delays each request whose body names slow.marker
+	// by slow.delay before goaws sees it and again before the answer
+	// leaves: a broker (or a machine) under load, for one test's queues.
+	slow atomic.Pointer[slowdown]
+}
+
+type slowdown struct {
+	marker []byte
+	delay  time.Duration
 }
 
 func startGoaws(addr string) (*goaws, error) {
@@ -148,6 +157,18 @@ var goawsWriters = map[string]bool{
 }
 
 func (g *goaws) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if sl := g.slow.Load(); sl != nil {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if bytes.Contains(body, sl.marker) {
+			time.Sleep(sl.delay)
+			defer time.Sleep(sl.delay) // the answer is buffered until ServeHTTP returns
+		}
+	}
 	action := ""
 	if tgt := r.Header.Get("X-Amz-Target"); tgt != "" {
 		_, action, _ = strings.Cut(tgt, ".")

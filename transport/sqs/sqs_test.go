@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -485,6 +486,62 @@ func TestNoCreate(t *testing.T) {
 			c := newCollector()
 			subscribe(t, strict, topic, c, transport.SubscribeOptions{Group: "g"})
 			c.wait(t, 1, 20*time.Second)
+		})
+	}
+}
+
+// TestLeaseExtensionSlowBroker holds a message in a handler for 2.75
+// visibility timeouts while every request on its queue takes 600 ms more
+// each way (a loaded broker or machine): the visibility extensions must
+// still land before the message's visibility ends, so it is handled once.
+// This is the conformance LeaseExtension case that flaked under load on
+// FIFO queues, made deterministic.
+func TestLeaseExtensionSlowBroker(t *testing.T) {
+	if emu == nil {
+		t.Skip("needs the in-process goaws (it injects latency)")
+	}
+	for _, c := range []struct {
+		name string
+		o    sqstransport.Options
+	}{
+		{"standard", sqstransport.Options{}},
+		{"fifo", sqstransport.Options{FIFO: true, Receivers: 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			tr := open(t, sqstransport.ModeSQS, c.o)
+			topic := name(t)
+			so := transport.SubscribeOptions{Group: "g", AckWait: 2 * time.Second, Concurrency: 2, MaxInFlight: 2}
+			if err := tr.Declare(ctx, topic, so); err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.Publish(ctx, topic, message.New([]byte("slow"))); err != nil {
+				t.Fatal(err)
+			}
+			emu.slow.Store(&slowdown{marker: []byte(topic), delay: 600 * time.Millisecond})
+			defer emu.slow.Store(nil)
+			var calls atomic.Int32
+			done := make(chan struct{})
+			subscribe(t, tr, topic, message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+				if calls.Add(1) > 1 {
+					return nil
+				}
+				select {
+				case <-time.After(5500 * time.Millisecond):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				close(done)
+				return nil
+			}), so)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("slow handler did not finish")
+			}
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("message handled %d times while one handler held it for 2.75 visibility timeouts", n)
+			}
 		})
 	}
 }

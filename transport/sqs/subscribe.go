@@ -155,7 +155,7 @@ type inflight struct {
 	sm       sqstypes.Message
 	m        *message.Message
 	mu       sync.Mutex
-	deadline time.Time // when its visibility ends
+	deadline time.Time // when its visibility ends; guarded by mu
 	settled  bool
 }
 
@@ -261,6 +261,11 @@ func (s *sub) receive(ctx context.Context) error {
 		if !ok {
 			return nil
 		}
+		// SQS starts a message's visibility timeout when it handles the
+		// request, which can be long before its answer arrives on a loaded
+		// machine: count from before the request, so the extender never
+		// thinks a message has more time than it has.
+		sent := time.Now()
 		out, err := t.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl:                    aws.String(s.url),
 			MaxNumberOfMessages:         int32(n),
@@ -299,9 +304,8 @@ func (s *sub) receive(ctx context.Context) error {
 		if got > 0 {
 			t.o.Logger.Debug("sqstransport: received", "queue", s.queue, "count", got, "asked", n)
 		}
-		now := time.Now()
 		for i := range out.Messages {
-			inf := &inflight{sm: out.Messages[i], deadline: now.Add(time.Duration(s.vis) * time.Second)}
+			inf := &inflight{sm: out.Messages[i], deadline: sent.Add(time.Duration(s.vis) * time.Second)}
 			inf.m = s.toMessage(&inf.sm)
 			s.mu.Lock()
 			s.inflight[inf] = struct{}{}
@@ -424,42 +428,73 @@ func (s *sub) changeVisibility(ctx context.Context, inf *inflight, secs int32) e
 	return nil
 }
 
-// extender keeps the messages of running handlers invisible: when less
-// than half of a message's visibility timeout is left it is renewed.
+// extenders bounds the ChangeMessageVisibility calls the extender makes
+// at once, so that many due messages are not renewed one after another.
+const extenders = 8
+
+// extender keeps the messages of running handlers invisible. It looks
+// every sixth of the visibility timeout and renews a message when less
+// than two thirds of it are left, so a renewal is sent with at least half
+// the timeout to spare: room for a slow round trip on a loaded broker or
+// machine (a message's deadline is counted from when the request that
+// set it was sent, so a slow answer only makes it earlier).
 func (s *sub) extender(stop <-chan struct{}) {
-	period := max(time.Duration(s.vis)*time.Second/4, 100*time.Millisecond)
+	full := time.Duration(s.vis) * time.Second
+	period := max(full/6, 100*time.Millisecond)
 	tick := time.NewTicker(period)
 	defer tick.Stop()
-	full := time.Duration(s.vis) * time.Second
+	sem := make(chan struct{}, extenders)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
 		}
-		now := time.Now()
 		s.mu.Lock()
-		var due []*inflight
+		all := make([]*inflight, 0, len(s.inflight))
 		for inf := range s.inflight {
-			if inf.deadline.Sub(now) < full/2 {
-				due = append(due, inf)
-			}
+			all = append(all, inf)
 		}
 		s.mu.Unlock()
-		for _, inf := range due {
-			inf.mu.Lock()
-			if !inf.settled {
-				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-				if err := s.changeVisibility(ctx, inf, s.vis); err != nil {
-					s.t.o.Logger.Warn("sqstransport: visibility extension failed; the message may be redelivered", "queue", s.queue, "message_id", inf.m.ID, "error", err)
-				} else {
-					inf.deadline = time.Now().Add(full)
-				}
-				cancel()
+		now := time.Now()
+		for _, inf := range all {
+			if !inf.mu.TryLock() {
+				continue // being renewed since an earlier tick, or settled
 			}
-			inf.mu.Unlock()
+			if inf.settled || inf.deadline.Sub(now) >= full*2/3 {
+				inf.mu.Unlock()
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-stop:
+				inf.mu.Unlock()
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer func() { inf.mu.Unlock(); <-sem; wg.Done() }()
+				s.extend(inf, full)
+			}()
 		}
 	}
+}
+
+// extend renews inf's visibility; the caller holds inf.mu.
+func (s *sub) extend(inf *inflight, full time.Duration) {
+	if inf.settled {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	sent := time.Now()
+	if err := s.changeVisibility(ctx, inf, s.vis); err != nil {
+		s.t.o.Logger.Warn("sqstransport: visibility extension failed; the message may be redelivered", "queue", s.queue, "message_id", inf.m.ID, "error", err)
+		return
+	}
+	inf.deadline = sent.Add(full)
 }
 
 // deleter gathers acks into batches of 10 (or what came within
