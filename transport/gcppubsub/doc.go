@@ -160,6 +160,28 @@
 // at its creation, and reaching older messages needs topic retention and a
 // seek, which this transport does not do.
 //
+// # Lag and health
+//
+// Transport implements transport.Pinger and, so that callers can tell,
+// transport.LagReporter, whose Lag always fails with an error matching
+// transport.ErrUnsupported (ErrClosed after Close, *transport.NameError
+// for an invalid name, a usage error without a group) and makes no round
+// trip. Pub/Sub has no backlog count in its data plane or its admin API:
+// a subscription's backlog exists only as the Cloud Monitoring metrics
+// pubsub.googleapis.com/subscription/num_undelivered_messages and
+// oldest_unacked_message_age (sampled once a minute), which need the
+// Monitoring API, its credentials and its quota; pstest has neither. The
+// error names the subscription ("projects/<p>/subscriptions/<topic>.<group>")
+// to look up there.
+//
+// Ping(ctx) is one ListTopics of the project with a page size of 1 (IAM:
+// pubsub.topics.list, in roles/pubsub.viewer and roles/pubsub.editor),
+// made without the client library's retries so that an unreachable
+// Pub/Sub fails at once (codes.Unavailable) rather than after ctx. It
+// returns nil when Pub/Sub answered (no topics is fine), ctx.Err() when
+// ctx ends first, transport.ErrClosed after Close or Shutdown, also when
+// Close interrupts it, else the gRPC error wrapped (status.Code works).
+//
 // # Emulators and tests
 //
 // The tests run in-process against cloud.google.com/go/pubsub/v2/pstest on

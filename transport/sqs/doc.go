@@ -29,7 +29,11 @@
 // is invisible to others for SubscribeOptions.AckWait (the visibility
 // timeout of each ReceiveMessage, whole seconds); while its handler runs,
 // the transport extends the visibility (ChangeMessageVisibility) whenever
-// less than half of it is left, so a slow handler keeps its message.
+// less than two thirds of it are left, checking every sixth of it, so a
+// renewal leaves with at least half the timeout to spare and a slow
+// handler keeps its message even when the broker answers slowly. A
+// message's remaining time is counted from when the request that set it
+// was sent, not from its answer (up to 8 renewals run at once).
 //
 //   - Ack (handler returned nil) deletes the message. Deletes are batched
 //     (DeleteMessageBatch of up to 10, or what came within
@@ -186,6 +190,38 @@
 // cannot give every group every message: its conformance runs (standard
 // and FIFO) skip GroupsFanOut by name. The suite runs three times: sns://,
 // sqs:// and sqs:// with FIFO (where OrderedByKey is exercised).
+//
+// # Lag and health
+//
+// Transport implements transport.LagReporter and transport.Pinger.
+//
+// Lag(ctx, topic, group) reads the approximate counts of the group's
+// queue (sns://: "<topic>-<group>", so group is required; sqs://: the
+// topic's queue, shared by every group, so group is only echoed back)
+// with GetQueueUrl and GetQueueAttributes (IAM: sqs:GetQueueUrl,
+// sqs:GetQueueAttributes): Pending = ApproximateNumberOfMessages +
+// ApproximateNumberOfMessagesDelayed, InFlight =
+// ApproximateNumberOfMessagesNotVisible, Partitions nil. SQS's counts are
+// approximate and eventually consistent, so use them as a gauge, not to
+// count messages. A queue
+// that does not exist fails with an error matching ErrNoQueue (the SDK's
+// error stays reachable); Lag never creates anything. The redrive
+// dead-letter queue ("<queue>-dlq") is a queue of its own that no topic
+// and group name maps to; read its depth with the native client (As).
+//
+// Ping(ctx) is one ListQueues with MaxResults 1 (sqs:ListQueues) and, in
+// sns://, one ListTopics (sns:ListTopics): nil when the service answered,
+// ctx.Err() when ctx ended, transport.ErrClosed after Close or Shutdown,
+// else the SDK's error (after the SDK's own retries, three attempts by
+// default).
+//
+// On goaws (Options.Goaws) ApproximateNumberOfMessages counts every
+// stored message, in flight and delayed ones too, and
+// ApproximateNumberOfMessagesDelayed is not reported, while delayed
+// messages count as not visible: Lag then reports Pending as the total
+// minus the not-visible ones, so on goaws a delayed message (a nack with
+// a delay) shows as InFlight rather than Pending. goaws ignores
+// ListQueues' MaxResults (Ping gets every queue's URL there).
 //
 // # Tested on goaws
 //
