@@ -286,6 +286,14 @@
 // The target of "at most 1 ms added at p99" was met in 1 of 6 pgx runs
 // and 2 of 6 database/sql runs on this loaded machine and missed in the
 // others, where the plain transaction's own p99 moved by several
-// milliseconds between runs; the median cost, one prepared statement of
-// about 120-240 µs, is the stable figure.
+// milliseconds between runs. Re-measured once the machine was quiet
+// (load average 2-3, same command, -count 2, 5000 pairs each), it was met
+// in every run:
+//
+//	pgx:          added p99 +484 µs and +531 µs (plain p99 1.04-1.16 ms); p50 +223 µs and +213 µs
+//	database/sql: added p99 +355 µs and +399 µs (plain p99 0.88-0.89 ms); p50 +212 µs and +215 µs
+//	the Publish call alone: p50 190-199 µs, p99 358-429 µs
+//
+// The median cost, one prepared statement of about 120-240 µs, is the
+// stable figure.
 package outbox
