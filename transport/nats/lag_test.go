@@ -193,3 +193,53 @@ func TestPingServerDown(t *testing.T) {
 		return tr.Ping(pctx) == nil
 	})
 }
+
+// TestLagSharedStream: with Options.Stream, topics are subjects of one
+// stream and each group's consumer is "<group>-<topic>"; Lag counts only
+// the topic's subject.
+func TestLagSharedStream(t *testing.T) {
+	srv := newServer(t, nil)
+	admin := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 20*time.Second)
+	if _, err := jsOf(t, admin).CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	tr := open(t, natstransport.Options{URL: srv.URL(), Stream: "ORDERS", SubjectPrefix: "orders."})
+	for _, topic := range []string{"created", "paid"} {
+		if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: "billing"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tr.Publish(ctx, "created", message.New(nil), message.New(nil), message.New(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "paid", message.New(nil)); err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]int64{"created": 3, "paid": 1} {
+		lag, err := tr.Lag(ctx, topic, "billing")
+		if err != nil || lag.Pending != want || lag.InFlight != 0 {
+			t.Errorf("Lag(%s, billing) = %+v, %v; want Pending %d", topic, lag, err, want)
+		}
+	}
+	if _, err := tr.Lag(ctx, "refunded", "billing"); !errors.Is(err, natstransport.ErrUnknownGroup) {
+		t.Errorf("Lag of an undeclared topic in the shared stream: %v, want ErrUnknownGroup", err)
+	}
+}
+
+// TestLagNameConflict: a group whose name maps onto another group's
+// consumer ("g.1" and "g_1") is ErrNameConflict, not the other's lag.
+func TestLagNameConflict(t *testing.T) {
+	srv := newServer(t, nil)
+	tr := open(t, natstransport.Options{URL: srv.URL()})
+	ctx := ctxT(t, 10*time.Second)
+	if err := tr.Declare(ctx, "t", transport.SubscribeOptions{Group: "g.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Lag(ctx, "t", "g.1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Lag(ctx, "t", "g_1"); !errors.Is(err, natstransport.ErrNameConflict) {
+		t.Errorf("Lag of g_1 with g.1's consumer: %v, want ErrNameConflict", err)
+	}
+}
