@@ -66,6 +66,21 @@ func setups() []benchSetup {
 			}
 			return inst
 		}},
+		{"sdk-batch", func(b *testing.B) *courierotel.Instrumentation {
+			// The production shape: spans handed to a batching processor
+			// (its queue drops when full, as in production under load).
+			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			b.Cleanup(func() {
+				_ = tp.Shutdown(context.Background())
+				_ = mp.Shutdown(context.Background())
+			})
+			inst, err := courierotel.New(courierotel.Options{TracerProvider: tp, MeterProvider: mp})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return inst
+		}},
 		{"sdk", func(b *testing.B) *courierotel.Instrumentation {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
 			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
