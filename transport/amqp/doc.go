@@ -213,6 +213,10 @@
 // for concurrent use; a broker that stops answering holds them only until
 // ctx ends.
 //
+// Measured (BenchmarkLagPing, -benchtime=300x, RabbitMQ on loopback, 2
+// cores shared with other work): Lag 0.60-0.66 ms, Ping about 0.50 ms per
+// call (channel open and close dominate both).
+//
 // # Concurrency
 //
 // A Transport is safe for concurrent use. Publish calls run in parallel on

@@ -231,3 +231,30 @@ func TestPingAfterConnectionLoss(t *testing.T) {
 		t.Fatal("Ping not healthy after the reconnect")
 	}
 }
+
+// BenchmarkLagPing: the cost of one Lag (channel open, passive declare,
+// channel close) and one Ping (channel open and close).
+func BenchmarkLagPing(b *testing.B) {
+	url := brokerURL(b)
+	tr := openT(b, Options{URL: url})
+	ctx := context.Background()
+	topic := uniq("benchlag")
+	cleanupTopology(b, url, topic, []string{"g"})
+	if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: "g"}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Lag", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := tr.Lag(ctx, topic, "g"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Ping", func(b *testing.B) {
+		for b.Loop() {
+			if err := tr.Ping(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -200,6 +200,10 @@
 // one that outlives ctx finishes in the background within the client's
 // network timeouts (or at Close). Both are safe for concurrent use.
 //
+// Measured (BenchmarkLagPing, -benchtime=300x, in-process kfake with 3
+// brokers, a 3-partition topic, 2 cores shared with other work): Lag
+// 150-210 µs, Ping 28-46 µs per call.
+//
 // # Errors
 //
 // Sentinels: ErrNoBrokers, ErrTopicMissing, ErrMessageTooLarge,

@@ -123,3 +123,30 @@ func TestPingBrokersDown(t *testing.T) {
 		return tr.Ping(pctx) == nil
 	})
 }
+
+// BenchmarkLagPing: the cost of one Lag (metadata, offset fetch, two list
+// offsets per partition) and one Ping (ApiVersions to the controller).
+func BenchmarkLagPing(b *testing.B) {
+	o := testOptions(b)
+	o.Partitions = 3
+	tr := newTransport(b, o)
+	ctx := context.Background()
+	topic, group := name(b, "t"), name(b, "g")
+	if err := tr.Declare(ctx, topic, transport.SubscribeOptions{Group: group}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Lag", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := tr.Lag(ctx, topic, group); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Ping", func(b *testing.B) {
+		for b.Loop() {
+			if err := tr.Ping(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

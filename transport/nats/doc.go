@@ -233,6 +233,9 @@
 // transport.ErrClosed after Close or Shutdown and ctx.Err() when ctx ends
 // first. Both are safe to call concurrently with everything else.
 //
+// Measured (BenchmarkLagPing, -benchtime=300x, embedded server, 2 cores
+// shared with other work): Lag 86-136 µs, Ping 52-58 µs per call.
+//
 // # Concurrency and lifecycle
 //
 // A Transport is one NATS connection, safe for concurrent use by any

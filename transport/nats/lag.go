@@ -46,10 +46,12 @@ func (t *Transport) Lag(ctx context.Context, topic, group string) (transport.Lag
 		return out, fmt.Errorf("%w: core NATS keeps no backlog for a group, so it has no lag", transport.ErrUnsupported)
 	}
 	stream, name := t.streamName(topic), t.durableName(topic, group)
+	// Consumer fetches the consumer's info (one CONSUMER.INFO request);
+	// CachedInfo is that answer.
 	c, err := t.js.Consumer(ctx, stream, name)
 	var info *jetstream.ConsumerInfo
 	if err == nil {
-		info, err = c.Info(ctx)
+		info = c.CachedInfo()
 	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {

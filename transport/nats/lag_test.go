@@ -243,3 +243,28 @@ func TestLagNameConflict(t *testing.T) {
 		t.Errorf("Lag of g_1 with g.1's consumer: %v, want ErrNameConflict", err)
 	}
 }
+
+// BenchmarkLagPing: the cost of one Lag and one Ping (each one round trip
+// to the embedded server).
+func BenchmarkLagPing(b *testing.B) {
+	srv := newServer(b, nil)
+	tr := open(b, natstransport.Options{URL: srv.URL()})
+	ctx := context.Background()
+	if err := tr.Declare(ctx, "bench", transport.SubscribeOptions{Group: "g"}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Lag", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := tr.Lag(ctx, "bench", "g"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Ping", func(b *testing.B) {
+		for b.Loop() {
+			if err := tr.Ping(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
