@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,6 +68,17 @@ func runConformance(t *testing.T, mode sqstransport.Mode) {
 	runConformanceWith(t, mode, sqstransport.Options{})
 }
 
+// suites runs the conformance suites one at a time (beside the package's
+// other parallel tests). They share the one goaws of the binary, whose
+// messages live in this process's heap: BoundedMemory measures the
+// process's heap growth, and another suite publishing its own 8 MB
+// backlog at that moment made it fail (heap grew by 6 MB, the adapter's
+// own share being ~0.2 MB); and BrokerRestart restarts that goaws under
+// every other suite.
+var suites sync.Mutex
+
 func runConformanceWith(t *testing.T, mode sqstransport.Mode, o sqstransport.Options) {
+	suites.Lock()
+	defer suites.Unlock()
 	conformance.Run(t, harnessWith(t, mode, o))
 }
