@@ -142,7 +142,27 @@ func TestLagOnAdapters(t *testing.T) {
 			if err := conn.Declare(ctx, topic, transport.SubscribeOptions{Group: "late"}); err != nil {
 				t.Fatal(err)
 			}
+			// A transport may implement LagReporter yet say its broker
+			// cannot tell (Pub/Sub: backlog is a Cloud Monitoring metric):
+			// then the gauge must record nothing rather than a false 0.
+			unsupported := false
+			if lr, ok := conn.(transport.LagReporter); ok {
+				_, lerr := lr.Lag(ctx, topic, "late")
+				unsupported = errors.Is(lerr, transport.ErrUnsupported)
+			}
 			reg, err := inst.ObserveLag(inst.Conn(conn), courierotel.LagOptions{}, courierotel.LagTarget{Topic: topic, Group: "late"})
+			if unsupported && err == nil {
+				defer reg.Unregister()
+				if err := conn.Publish(ctx, topic, message.New(nil), message.New(nil)); err != nil {
+					t.Fatal(err)
+				}
+				if _, n := sumInt(t, collect(t, reader), "courier.messaging.consumer.lag", map[string]string{
+					"messaging.destination.name": topic}); n != 0 {
+					t.Fatalf("%s reports lag unsupported, yet %d lag points were recorded", tc.name, n)
+				}
+				t.Logf("%s: Lag returns ErrUnsupported; no lag points recorded, as it should", tc.name)
+				return
+			}
 			if errors.Is(err, courierotel.ErrNoLag) {
 				if _, ok := conn.(transport.LagReporter); ok {
 					t.Fatal("ErrNoLag for a transport that implements LagReporter")

@@ -2,6 +2,7 @@ package courierotel
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -239,4 +240,29 @@ func (c *Conn) Subscribe(ctx context.Context, topic string, h message.Handler, o
 		MaxAttempts: opts.MaxAttempts, DeadLetterTopic: opts.DeadLetterTopic,
 	})
 	return c.Conn.Subscribe(ctx, topic, mw(h), opts)
+}
+
+var (
+	_ transport.LagReporter = (*Conn)(nil)
+	_ transport.Pinger      = (*Conn)(nil)
+)
+
+// Lag forwards to the wrapped Conn's transport.LagReporter, so health checks
+// and lag gauges see through the wrapper; it returns an error matching
+// transport.ErrUnsupported when the wrapped Conn has none.
+func (c *Conn) Lag(ctx context.Context, topic, group string) (transport.Lag, error) {
+	if lr, ok := c.Conn.(transport.LagReporter); ok {
+		return lr.Lag(ctx, topic, group)
+	}
+	return transport.Lag{}, fmt.Errorf("courierotel: %T reports no lag: %w", c.Conn, transport.ErrUnsupported)
+}
+
+// Ping forwards to the wrapped Conn's transport.Pinger (router health
+// checks use it); it returns an error matching transport.ErrUnsupported
+// when the wrapped Conn has none.
+func (c *Conn) Ping(ctx context.Context) error {
+	if p, ok := c.Conn.(transport.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return fmt.Errorf("courierotel: %T cannot ping its broker: %w", c.Conn, transport.ErrUnsupported)
 }
