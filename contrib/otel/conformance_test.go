@@ -9,8 +9,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/courierkit/courier/conformance"
-	"github.com/courierkit/courier/message"
 	courierotel "github.com/courierkit/courier/contrib/otel"
+	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
 	memtransport "github.com/courierkit/courier/transport/mem"
 )
