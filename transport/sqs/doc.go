@@ -201,13 +201,18 @@
 // with GetQueueUrl and GetQueueAttributes (IAM: sqs:GetQueueUrl,
 // sqs:GetQueueAttributes): Pending = ApproximateNumberOfMessages +
 // ApproximateNumberOfMessagesDelayed, InFlight =
-// ApproximateNumberOfMessagesNotVisible, Partitions nil. SQS's counts are
+// ApproximateNumberOfMessagesNotVisible, Partitions nil. A message nacked
+// with a delay is not visible until the delay ends (the nack is a
+// ChangeMessageVisibility), so it counts as InFlight, not Pending;
+// ApproximateNumberOfMessagesDelayed counts only messages sent with a
+// delay by other producers (this transport sends none). SQS's counts are
 // approximate and eventually consistent, so use them as a gauge, not to
-// count messages. A queue
-// that does not exist fails with an error matching ErrNoQueue (the SDK's
-// error stays reachable); Lag never creates anything. The redrive
-// dead-letter queue ("<queue>-dlq") is a queue of its own that no topic
-// and group name maps to; read its depth with the native client (As).
+// count messages. A queue that does not exist fails with an error
+// matching ErrNoQueue (the SDK's error stays reachable); Lag never creates
+// anything. Lag does not report a group's redrive dead-letter queue
+// (Options.MaxReceiveCount, "<queue>-dlq" or Options.RedriveQueue); its
+// depth is that queue's ApproximateNumberOfMessages, readable with the
+// native client (As). A DeadLetterTopic is a topic like any other.
 //
 // Ping(ctx) is one ListQueues with MaxResults 1 (sqs:ListQueues) and, in
 // sns://, one ListTopics (sns:ListTopics): nil when the service answered,
@@ -219,9 +224,9 @@
 // stored message, in flight and delayed ones too, and
 // ApproximateNumberOfMessagesDelayed is not reported, while delayed
 // messages count as not visible: Lag then reports Pending as the total
-// minus the not-visible ones, so on goaws a delayed message (a nack with
-// a delay) shows as InFlight rather than Pending. goaws ignores
-// ListQueues' MaxResults (Ping gets every queue's URL there).
+// minus the not-visible ones (a message sent with a delay shows as
+// InFlight there rather than Pending). goaws ignores ListQueues'
+// MaxResults (Ping gets every queue's URL there).
 //
 // # Tested on goaws
 //
