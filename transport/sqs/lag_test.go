@@ -192,3 +192,44 @@ func deadEndpoint(t *testing.T) string {
 	_ = l.Close()
 	return "http://" + addr
 }
+
+// TestLagDelayedNack: a message nacked with a delay waits invisible, so
+// Lag counts it as InFlight, not Pending (as the package doc says).
+func TestLagDelayedNack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tr := open(t, sqstransport.ModeSQS, sqstransport.Options{})
+	topic := name(t)
+	so := transport.SubscribeOptions{Group: "g", Concurrency: 1, MaxInFlight: 1}
+	if err := tr.Declare(ctx, topic, so); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, topic, message.New([]byte("later"))); err != nil {
+		t.Fatal(err)
+	}
+	nacked := make(chan struct{}, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- tr.Subscribe(sctx, topic, message.HandlerFunc(func(context.Context, *message.Message) error {
+			select {
+			case nacked <- struct{}{}:
+			default:
+			}
+			return message.RetryAfter(errors.New("not yet"), time.Minute)
+		}), so)
+	}()
+	select {
+	case <-nacked:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no delivery")
+	}
+	// Stop before looking, so nothing but the nack holds the message.
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Subscribe did not return")
+	}
+	waitLag(t, tr, topic, "g", 0, 1, 10*time.Second)
+}
