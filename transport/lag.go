@@ -8,7 +8,10 @@ import "context"
 // Callers type-assert a Conn for it; observability exports it as a gauge.
 type LagReporter interface {
 	// Lag reports group's backlog on topic. A group that does not exist
-	// is an error; ctx bounds the broker round trip.
+	// is an error; ctx bounds the broker round trip; after Close it
+	// returns ErrClosed. A transport whose broker cannot tell (Pub/Sub:
+	// backlog is a Cloud Monitoring metric) returns an error matching
+	// ErrUnsupported, never a made-up zero.
 	Lag(ctx context.Context, topic, group string) (Lag, error)
 }
 

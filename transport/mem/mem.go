@@ -615,8 +615,12 @@ func (s *subscription) settle(dv *delivery, nack bool, delay time.Duration) {
 var _ transport.LagReporter = (*Transport)(nil)
 
 // Lag reports a durable group's backlog: Pending counts ready and delayed
-// messages, InFlight those handed to handlers and not settled.
+// messages, InFlight those handed to handlers and not settled. After Close
+// it returns transport.ErrClosed, as every adapter's Lag does.
 func (t *Transport) Lag(ctx context.Context, topicName, group string) (transport.Lag, error) {
+	if t.isClosed() {
+		return transport.Lag{}, transport.ErrClosed
+	}
 	if err := ctx.Err(); err != nil {
 		return transport.Lag{}, err
 	}

@@ -189,6 +189,10 @@ func TestLag(t *testing.T) {
 	if _, err := c.Lag(ctx, "t", "nope"); err == nil {
 		t.Error("lag of a missing group")
 	}
+	c.Close()
+	if _, err := c.Lag(ctx, "t", "g"); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Lag after Close = %v", err)
+	}
 }
 
 // Publishes on one Conn do not stop when another Conn to the same broker
