@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -42,4 +43,18 @@ func TestDemoOnPubSub(t *testing.T) {
 		return srv.Addr, func() { _ = srv.Close() }, nil
 	})
 	runDemo(t, "gcppubsub://demo-project?emulator="+addr+"&receive_goroutines=16")
+}
+
+func TestDemoOnSNS(t *testing.T) {
+	inProcess := ""
+	if goaws != nil {
+		inProcess = goaws.Endpoint()
+	}
+	endpoint := testenv.SQS(t, inProcess)
+	host := strings.TrimPrefix(strings.TrimPrefix(endpoint, "http://"), "https://")
+	q := "region=us-east-1"
+	if goaws != nil {
+		q += "&goaws=true"
+	}
+	runDemo(t, "sns://demo:demo@"+host+"/?"+q)
 }

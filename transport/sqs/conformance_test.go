@@ -35,7 +35,7 @@ func harnessWith(t testing.TB, mode sqstransport.Mode, base sqstransport.Options
 	if emu != nil {
 		// goaws keeps its state in memory: a restart drops every
 		// connection and listener while queues and messages stay.
-		h.Restart = emu.restart
+		h.Restart = emu.Restart
 	}
 	return h
 }

@@ -518,8 +518,8 @@ func TestLeaseExtensionSlowBroker(t *testing.T) {
 			if err := tr.Publish(ctx, topic, message.New([]byte("slow"))); err != nil {
 				t.Fatal(err)
 			}
-			emu.slow.Store(&slowdown{marker: []byte(topic), delay: 600 * time.Millisecond})
-			defer emu.slow.Store(nil)
+			emu.SlowDown(topic, 600*time.Millisecond)
+			defer emu.SlowDown("", 0)
 			var calls atomic.Int32
 			done := make(chan struct{})
 			subscribe(t, tr, topic, message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
