@@ -54,8 +54,9 @@ type benchSetup struct {
 
 // setups: without instrumentation; with the global providers as a program
 // that never configured OpenTelemetry has them (no-op); with the SDK
-// (always sampling, batch span processor, discarding exporter; a metric SDK
-// whose reader is never collected).
+// (always sampling, a discarding exporter behind a batching processor,
+// sdk-batch, or called synchronously, sdk; a metric SDK whose reader is
+// never collected).
 func setups() []benchSetup {
 	return []benchSetup{
 		{"bare", nil},
@@ -66,34 +67,28 @@ func setups() []benchSetup {
 			}
 			return inst
 		}},
-		{"sdk-batch", func(b *testing.B) *courierotel.Instrumentation {
-			// The production shape: spans handed to a batching processor
-			// (its queue drops when full, as in production under load).
-			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
-			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-			b.Cleanup(func() {
-				_ = tp.Shutdown(context.Background())
-				_ = mp.Shutdown(context.Background())
-			})
-			inst, err := courierotel.New(courierotel.Options{TracerProvider: tp, MeterProvider: mp})
-			if err != nil {
-				b.Fatal(err)
-			}
-			return inst
-		}},
-		{"sdk", func(b *testing.B) *courierotel.Instrumentation {
-			tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
-			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-			b.Cleanup(func() {
-				_ = tp.Shutdown(context.Background())
-				_ = mp.Shutdown(context.Background())
-			})
-			inst, err := courierotel.New(courierotel.Options{TracerProvider: tp, MeterProvider: mp})
-			if err != nil {
-				b.Fatal(err)
-			}
-			return inst
-		}},
+		// The production shape: spans handed to a batching processor (its
+		// queue drops when full, as in production under load).
+		{"sdk-batch", sdkSetup(sdktrace.WithBatcher(discardExporter{}))},
+		{"sdk", sdkSetup(sdktrace.WithSyncer(discardExporter{}))},
+	}
+}
+
+// sdkSetup instruments with the SDK, every span sampled and handed to the
+// given processor, metrics read by a manual reader.
+func sdkSetup(proc sdktrace.TracerProviderOption) func(b *testing.B) *courierotel.Instrumentation {
+	return func(b *testing.B) *courierotel.Instrumentation {
+		tp := sdktrace.NewTracerProvider(proc, sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		b.Cleanup(func() {
+			_ = tp.Shutdown(context.Background())
+			_ = mp.Shutdown(context.Background())
+		})
+		inst, err := courierotel.New(courierotel.Options{TracerProvider: tp, MeterProvider: mp})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return inst
 	}
 }
 
