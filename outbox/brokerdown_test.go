@@ -2,76 +2,28 @@ package outbox_test
 
 import (
 	"context"
-	"net"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
+	"github.com/courierkit/courier/internal/natstest"
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/outbox"
 	"github.com/courierkit/courier/transport"
 	_ "github.com/courierkit/courier/transport/nats"
 )
 
-// natsServer runs the real nats-server in process, with JetStream on disk,
-// so a test can take the broker down and bring it back on the same port
-// and store.
-type natsServer struct {
-	opts server.Options
-	s    *server.Server
-}
-
-func startNATSServer(t *testing.T) *natsServer {
-	t.Helper()
-	n := &natsServer{opts: server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true}}
-	if err := n.up(); err != nil {
-		t.Fatal(err)
-	}
-	n.opts.Port = n.s.Addr().(*net.TCPAddr).Port
-	t.Cleanup(n.down)
-	return n
-}
-
-func (n *natsServer) up() error {
-	o := n.opts
-	s, err := server.NewServer(&o)
-	if err != nil {
-		return err
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		s.WaitForShutdown()
-		return context.DeadlineExceeded
-	}
-	n.s = s
-	return nil
-}
-
-func (n *natsServer) down() {
-	if n.s != nil {
-		n.s.Shutdown()
-		n.s.WaitForShutdown()
-		n.s = nil
-	}
-}
-
-func (n *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.opts.Port) }
-
 // Broker down while the relay runs: rows stay in the outbox (their
 // publishes fail and are retried with backoff), and once the broker is
 // back every row is published, each key in order. NATS JetStream,
 // in-process, stopped and started on the same port and store.
 func TestBrokerDownNATS(t *testing.T) {
-	ns := startNATSServer(t)
+	ns := natstest.Start(t, nil)
 	e := newEnv(t, 0)
 	ctx := context.Background()
 	w := e.outbox(t, outbox.Options{})
 	const topic = "orders"
-	consumer, err := transport.Open(ctx, ns.url())
+	consumer, err := transport.Open(ctx, ns.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +32,7 @@ func TestBrokerDownNATS(t *testing.T) {
 	if err := consumer.Declare(ctx, topic, subOpts); err != nil {
 		t.Fatal(err)
 	}
-	pub, err := transport.Open(ctx, ns.url())
+	pub, err := transport.Open(ctx, ns.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +43,7 @@ func TestBrokerDownNATS(t *testing.T) {
 	e.writeRows(t, w, topic, 20, 5, 10) // positions 0..3 of key-0..key-4
 	waitFor(t, 20*time.Second, "first rows published", func() bool { return e.count(t, "true") == 0 })
 
-	ns.down()
+	ns.Stop()
 	// Positions 4..13 of each key, written while the broker is down.
 	perKey := map[string]int{}
 	for i := range 50 {
@@ -111,7 +63,7 @@ func TestBrokerDownNATS(t *testing.T) {
 		t.Fatalf("%d rows made dead by an outage", n)
 	}
 
-	if err := ns.up(); err != nil {
+	if err := ns.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, "outbox to drain after recovery", func() bool { return e.count(t, "true") == 0 })

@@ -170,7 +170,7 @@ func TestPingServerDown(t *testing.T) {
 	if err := tr.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv.stop()
+	srv.Stop()
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	start := time.Now()
 	err := tr.Ping(pctx)

@@ -835,7 +835,7 @@ func TestPublishDuringOutage(t *testing.T) {
 	if err := tr.Publish(ctx, "outage", &message.Message{ID: "before"}); err != nil {
 		t.Fatal(err)
 	}
-	srv.stop()
+	srv.Stop()
 	start := time.Now()
 	err := tr.Publish(ctx, "outage", &message.Message{ID: "during"})
 	if err == nil {
@@ -848,7 +848,7 @@ func TestPublishDuringOutage(t *testing.T) {
 		t.Errorf("publish during the outage: %v, want ErrNoAck", err)
 	}
 	t.Logf("publish during the outage: %v", err)
-	if err := srv.start(); err != nil {
+	if err := srv.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "publish after the restart", func() bool {
