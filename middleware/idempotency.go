@@ -89,6 +89,7 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	mem, _ := store.(*MemoryStore) // exactly a MemoryStore: a wrapper's overrides must run
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) (err error) {
 			key := m.ID
@@ -98,18 +99,17 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 			if key == "" {
 				return next.Handle(ctx, m)
 			}
-			key = scopedKey(ctx, o.Scope, key)
-			token := newToken()
-			state, cerr := store.Claim(ctx, key, token, o.ClaimTTL)
+			c := claimCall{store: store, mem: mem, scope: scopeOf(ctx, o.Scope), key: key}
+			state, cerr := c.claim(ctx, o.ClaimTTL)
 			if cerr != nil {
 				if o.FailOpen && ctx.Err() == nil {
-					log.WarnContext(ctx, "courier: idempotency claim failed; running the handler without de-duplication", "message_id", m.ID, "key", key, "error", cerr)
+					log.WarnContext(ctx, "courier: idempotency claim failed; running the handler without de-duplication", "message_id", m.ID, "key", c.scoped(), "error", cerr)
 					return next.Handle(ctx, m)
 				}
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return fmt.Errorf("middleware: idempotency claim of %q: %w", key, cerr)
+				return fmt.Errorf("middleware: idempotency claim of %q: %w", c.scoped(), cerr)
 			}
 			switch state {
 			case Processed:
@@ -120,7 +120,7 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 				return nil
 			case InProgress:
 				setOutcome(ctx, "in-progress")
-				return message.RetryAfter(&InProgressError{Key: key}, o.InProgressDelay)
+				return message.RetryAfter(&InProgressError{Key: c.scoped()}, o.InProgressDelay)
 			case Claimed:
 			default:
 				return fmt.Errorf("middleware: idempotency store returned unknown claim state %d", state)
@@ -130,24 +130,73 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 				if !released {
 					// The handler panicked: release, then let the panic
 					// go on to Recover or the transport.
-					_ = store.Release(context.WithoutCancel(ctx), key, token)
+					_ = c.release(ctx)
 				}
 			}()
 			err = next.Handle(ctx, m)
 			released = true
-			sctx := context.WithoutCancel(ctx)
 			if err != nil {
-				if rerr := store.Release(sctx, key, token); rerr != nil {
-					log.WarnContext(ctx, "courier: idempotency release failed; the message waits for the claim to expire", "message_id", m.ID, "key", key, "claim_ttl", o.ClaimTTL, "error", rerr)
+				if rerr := c.release(ctx); rerr != nil {
+					log.WarnContext(ctx, "courier: idempotency release failed; the message waits for the claim to expire", "message_id", m.ID, "key", c.scoped(), "claim_ttl", o.ClaimTTL, "error", rerr)
 				}
 				return err
 			}
-			if derr := store.Done(sctx, key, token, o.Retention); derr != nil {
-				log.ErrorContext(ctx, "courier: idempotency done failed; a duplicate of this message may run again", "message_id", m.ID, "key", key, "error", derr)
+			if derr := c.done(ctx, o.Retention); derr != nil {
+				log.ErrorContext(ctx, "courier: idempotency done failed; a duplicate of this message may run again", "message_id", m.ID, "key", c.scoped(), "error", derr)
 			}
 			return nil
 		})
 	}
+}
+
+// claimCall is one delivery's claim. With a *MemoryStore it takes the
+// store's fast path: the scoped key is hashed without building it, the
+// token is a sequence number, and Done and Release skip the context (as
+// context.WithoutCancel would) — no allocation. Any other store gets the
+// scoped key string and a token string through IdempotencyStore.
+type claimCall struct {
+	store      IdempotencyStore
+	mem        *MemoryStore
+	scope, key string
+	skey       string // scope + "/" + key, made on first use
+	token      string
+	hk         memKey
+	tok        uint64
+}
+
+// scoped is the stored key (scope + "/" + key, or key without a scope).
+func (c *claimCall) scoped() string {
+	if c.skey == "" {
+		c.skey = joinScope(c.scope, c.key)
+	}
+	return c.skey
+}
+
+func (c *claimCall) claim(ctx context.Context, ttl time.Duration) (ClaimState, error) {
+	if c.mem != nil {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		c.hk, c.tok = c.mem.hashKey(c.scope, c.key), seqToken()
+		return c.mem.claim(c.hk, c.tok, ttl)
+	}
+	c.token = newToken()
+	return c.store.Claim(ctx, c.scoped(), c.token, ttl)
+}
+
+// done and release land during shutdown (context.WithoutCancel).
+func (c *claimCall) done(ctx context.Context, retention time.Duration) error {
+	if c.mem != nil {
+		return c.mem.done(c.hk, retention)
+	}
+	return c.store.Done(context.WithoutCancel(ctx), c.skey, c.token, retention)
+}
+
+func (c *claimCall) release(ctx context.Context) error {
+	if c.mem != nil {
+		return c.mem.release(c.hk, c.tok)
+	}
+	return c.store.Release(context.WithoutCancel(ctx), c.skey, c.token)
 }
 
 // InProgressError is the error for a message whose key another delivery
@@ -161,7 +210,9 @@ func (e *InProgressError) Error() string {
 // Is makes errors.Is(err, ErrInProgress) true.
 func (e *InProgressError) Is(target error) bool { return target == ErrInProgress }
 
-func scopedKey(ctx context.Context, scope, key string) string {
+// scopeOf is the key scope: scope, else the Router route's group, else
+// its topic, else "" (outside a Router).
+func scopeOf(ctx context.Context, scope string) string {
 	if scope == "" {
 		if d := routerDelivery(ctx); d != nil {
 			scope = d.Group()
@@ -170,6 +221,10 @@ func scopedKey(ctx context.Context, scope, key string) string {
 			}
 		}
 	}
+	return scope
+}
+
+func joinScope(scope, key string) string {
 	if scope == "" {
 		return key
 	}

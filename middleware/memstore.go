@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -13,9 +14,12 @@ type MemoryStoreOptions struct {
 	// when the current one is full, the older one is dropped whole. So it
 	// remembers about the MaxKeys/2 most recent keys at least (less the
 	// claims in flight at a rotation, which take a second slot) and at
-	// most MaxKeys, each until it expires. A dropped processed key lets
-	// a later duplicate run again; a dropped claim lets a concurrent
-	// duplicate run. Default 100000.
+	// most MaxKeys, each until it expires. From 16384 keys up the store
+	// is split into 8 shards by key hash, each with its own lock and two
+	// generations of MaxKeys/16, so "the MaxKeys/2 most recent" holds
+	// within a few percent (the most recent keys are not spread exactly
+	// evenly). A dropped processed key lets a later duplicate run again;
+	// a dropped claim lets a concurrent duplicate run. Default 100000.
 	MaxKeys int
 	// DefaultRetention applies to Done calls with retention <= 0.
 	// Default 24h.
@@ -37,21 +41,47 @@ type MemoryStoreOptions struct {
 // besides the map's. At high throughput the bound is what limits how far
 // back duplicates are caught: with the default 100000 keys and 1000
 // messages/s, between 50 and 100 s.
+//
+// The store keeps neither keys nor tokens: it keeps a 128-bit keyed hash
+// of each key (hash/maphash, two random per-store seeds) and a 64-bit
+// keyed hash of each token. Its maps hold no pointers, so the garbage
+// collector does not scan them and a lookup compares the hash in place.
+// Two different keys are taken for one with a probability of about
+// 2⁻¹²⁸ per pair (for 10⁵ keys, about 10⁻²⁹), two tokens of one key
+// with about 2⁻⁶³.
 type MemoryStore struct {
-	mu        sync.Mutex
-	gen       int // keys per generation
-	retention time.Duration
-	base      time.Time
-	cur, prev map[string]memEntry
-	closed    bool
+	keySeed1, keySeed2, tokSeed maphash.Seed
+	retention                   time.Duration
+	base                        time.Time
+	mask                        uint64 // len(shards) - 1
+	shards                      []memShard
 }
 
-// memEntry is a key's state; token is "" once processed. expires is in
-// nanoseconds since base.
+// memShard is one lock and two generations of keys.
+type memShard struct {
+	mu        sync.Mutex
+	gen       int // keys per generation
+	cur, prev map[memKey]memEntry
+	closed    bool
+	_         [64]byte // keep neighbouring shards' locks off this cache line
+}
+
+// memKey is a key's 128-bit hash.
+type memKey [2]uint64
+
+// memEntry is a key's state: tok is the claim's token (see tokenHash,
+// never 0), or 0 once processed. expires is in nanoseconds since base.
 type memEntry struct {
-	token   string
+	tok     uint64
 	expires int64
 }
+
+// shardedFrom is the MaxKeys from which a MemoryStore is split in
+// memShards shards.
+const (
+	shardedFrom = 16384
+	memShards   = 8
+)
 
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore(opts MemoryStoreOptions) *MemoryStore {
@@ -61,19 +91,56 @@ func NewMemoryStore(opts MemoryStoreOptions) *MemoryStore {
 	if opts.DefaultRetention <= 0 {
 		opts.DefaultRetention = 24 * time.Hour
 	}
-	gen := max(opts.MaxKeys/2, 1)
-	return &MemoryStore{gen: gen, retention: opts.DefaultRetention, base: time.Now(),
-		cur: make(map[string]memEntry, min(gen, 1024))}
+	n := 1
+	if opts.MaxKeys >= shardedFrom {
+		n = memShards
+	}
+	gen := max(opts.MaxKeys/2/n, 1)
+	s := &MemoryStore{keySeed1: maphash.MakeSeed(), keySeed2: maphash.MakeSeed(), tokSeed: maphash.MakeSeed(),
+		retention: opts.DefaultRetention, base: time.Now(), mask: uint64(n - 1), shards: make([]memShard, n)}
+	for i := range s.shards {
+		s.shards[i].gen = gen
+		s.shards[i].cur = make(map[memKey]memEntry, min(gen, 1024))
+	}
+	return s
 }
 
 func (s *MemoryStore) now() int64 { return int64(time.Since(s.base)) }
 
-// get returns key's live entry (s.mu held). An entry in the current
+// hashKey hashes key, or scope + "/" + key when scope is not empty
+// (without building that string when it is short).
+func (s *MemoryStore) hashKey(scope, key string) memKey {
+	if scope == "" {
+		return memKey{maphash.String(s.keySeed1, key), maphash.String(s.keySeed2, key)}
+	}
+	var buf [256]byte
+	b := buf[:0]
+	if len(scope)+1+len(key) > len(buf) {
+		b = make([]byte, 0, len(scope)+1+len(key))
+	}
+	b = append(append(append(b, scope...), '/'), key...)
+	return memKey{maphash.Bytes(s.keySeed1, b), maphash.Bytes(s.keySeed2, b)}
+}
+
+// tokenHash is a caller's token as stored: a 64-bit keyed hash with the
+// top bit clear and never 0. Tokens made by Idempotency for this store
+// (see seqToken) have the top bit set, so the two never collide.
+func (s *MemoryStore) tokenHash(token string) uint64 {
+	return maphash.String(s.tokSeed, token)&^(1<<63) | 1
+}
+
+// seqToken is a claim token of Idempotency's fast path: a process-wide
+// sequence number, unique, with the top bit set.
+func seqToken() uint64 { return tokenSeq.Add(1) | 1<<63 }
+
+func (s *MemoryStore) shard(k memKey) *memShard { return &s.shards[k[0]&s.mask] }
+
+// get returns key's live entry (sh.mu held). An entry in the current
 // generation shadows any older copy in the previous one, expired or not.
-func (s *MemoryStore) get(key string, now int64) (memEntry, bool) {
-	e, ok := s.cur[key]
-	if !ok && s.prev != nil {
-		e, ok = s.prev[key]
+func (sh *memShard) get(key memKey, now int64) (memEntry, bool) {
+	e, ok := sh.cur[key]
+	if !ok && sh.prev != nil {
+		e, ok = sh.prev[key]
 	}
 	if ok && e.expires <= now {
 		return memEntry{}, false
@@ -82,15 +149,67 @@ func (s *MemoryStore) get(key string, now int64) (memEntry, bool) {
 }
 
 // put writes key into the current generation (shadowing a copy in the
-// previous one), then rotates when the current generation is full (s.mu
+// previous one), then rotates when the current generation is full (sh.mu
 // held). One map write.
-func (s *MemoryStore) put(key string, e memEntry) {
-	n := len(s.cur)
-	s.cur[key] = e
-	if len(s.cur) > n && len(s.cur) >= s.gen {
-		s.prev = s.cur
-		s.cur = make(map[string]memEntry, s.gen)
+func (sh *memShard) put(key memKey, e memEntry) {
+	n := len(sh.cur)
+	sh.cur[key] = e
+	if len(sh.cur) > n && len(sh.cur) >= sh.gen {
+		sh.prev = sh.cur
+		sh.cur = make(map[memKey]memEntry, sh.gen)
 	}
+}
+
+func (s *MemoryStore) claim(key memKey, tok uint64, ttl time.Duration) (ClaimState, error) {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.closed {
+		return 0, ErrStoreClosed
+	}
+	now := s.now()
+	if e, ok := sh.get(key, now); ok {
+		if e.tok == 0 {
+			return Processed, nil
+		}
+		if e.tok != tok {
+			return InProgress, nil
+		}
+	}
+	sh.put(key, memEntry{tok: tok, expires: now + int64(ttl)})
+	return Claimed, nil
+}
+
+func (s *MemoryStore) done(key memKey, retention time.Duration) error {
+	if retention <= 0 {
+		retention = s.retention
+	}
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.closed {
+		return ErrStoreClosed
+	}
+	sh.put(key, memEntry{expires: s.now() + int64(retention)})
+	return nil
+}
+
+func (s *MemoryStore) release(key memKey, tok uint64) error {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.closed {
+		return ErrStoreClosed
+	}
+	if e, ok := sh.get(key, s.now()); ok && e.tok != 0 && e.tok == tok {
+		// Delete both copies: with the current one gone, an older copy
+		// in the previous generation would come back into view.
+		delete(sh.cur, key)
+		if sh.prev != nil {
+			delete(sh.prev, key)
+		}
+	}
+	return nil
 }
 
 // Claim implements IdempotencyStore.
@@ -98,22 +217,7 @@ func (s *MemoryStore) Claim(ctx context.Context, key, token string, ttl time.Dur
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return 0, ErrStoreClosed
-	}
-	now := s.now()
-	if e, ok := s.get(key, now); ok {
-		if e.token == "" {
-			return Processed, nil
-		}
-		if e.token != token {
-			return InProgress, nil
-		}
-	}
-	s.put(key, memEntry{token: token, expires: now + int64(ttl)})
-	return Claimed, nil
+	return s.claim(s.hashKey("", key), s.tokenHash(token), ttl)
 }
 
 // Done implements IdempotencyStore.
@@ -121,16 +225,7 @@ func (s *MemoryStore) Done(ctx context.Context, key, token string, retention tim
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if retention <= 0 {
-		retention = s.retention
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrStoreClosed
-	}
-	s.put(key, memEntry{expires: s.now() + int64(retention)})
-	return nil
+	return s.done(s.hashKey("", key), retention)
 }
 
 // Release implements IdempotencyStore.
@@ -138,35 +233,30 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrStoreClosed
-	}
-	if e, ok := s.get(key, s.now()); ok && e.token != "" && e.token == token {
-		// Delete both copies: with the current one gone, an older copy
-		// in the previous generation would come back into view.
-		delete(s.cur, key)
-		if s.prev != nil {
-			delete(s.prev, key)
-		}
-	}
-	return nil
+	return s.release(s.hashKey("", key), s.tokenHash(token))
 }
 
 // Len returns how many keys the store holds, expired ones not yet
 // dropped included.
 func (s *MemoryStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.cur) + len(s.prev)
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.cur) + len(sh.prev)
+		sh.mu.Unlock()
+	}
+	return n
 }
 
 // Close drops every key; later calls return ErrStoreClosed.
 func (s *MemoryStore) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	s.cur, s.prev = nil, nil
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		sh.closed = true
+		sh.cur, sh.prev = nil, nil
+		sh.mu.Unlock()
+	}
 	return nil
 }
