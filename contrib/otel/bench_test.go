@@ -71,14 +71,30 @@ func setups() []benchSetup {
 		// queue drops when full, as in production under load).
 		{"sdk-batch", sdkSetup(sdktrace.WithBatcher(discardExporter{}))},
 		{"sdk", sdkSetup(sdktrace.WithSyncer(discardExporter{}))},
+		// Not the budget's configuration (it samples): what a production
+		// deployment that keeps one trace in ten pays per message on
+		// average, root spans sampled by trace ID, children following
+		// their parent.
+		{"sdk-batch-sample10", sdkSetup(sdktrace.WithBatcher(discardExporter{}),
+			sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))))},
+		// Metrics from the SDK, no tracing (no-op TracerProvider).
+		{"sdk-metrics-only", func(b *testing.B) *courierotel.Instrumentation {
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+			inst, err := courierotel.New(courierotel.Options{TracerProvider: tracenoop.NewTracerProvider(), MeterProvider: mp})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return inst
+		}},
 	}
 }
 
 // sdkSetup instruments with the SDK, every span sampled and handed to the
 // given processor, metrics read by a manual reader.
-func sdkSetup(proc sdktrace.TracerProviderOption) func(b *testing.B) *courierotel.Instrumentation {
+func sdkSetup(tpo ...sdktrace.TracerProviderOption) func(b *testing.B) *courierotel.Instrumentation {
 	return func(b *testing.B) *courierotel.Instrumentation {
-		tp := sdktrace.NewTracerProvider(proc, sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		tp := sdktrace.NewTracerProvider(append([]sdktrace.TracerProviderOption{sdktrace.WithSampler(sdktrace.AlwaysSample())}, tpo...)...)
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		b.Cleanup(func() {
 			_ = tp.Shutdown(context.Background())

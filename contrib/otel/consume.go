@@ -3,6 +3,7 @@ package courierotel
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -85,6 +86,7 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 		o.Attributes = i.attrs
 	}
 	return func(next message.Handler) message.Handler {
+		last := new(atomic.Pointer[opNames]) // per wrapped handler: usually one topic and group
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
 			if !i.tracing() && !i.metering() {
 				// Nothing to record: pass the trace context through,
@@ -94,12 +96,12 @@ func (i *Instrumentation) Middleware(o ConsumerOptions) message.Middleware {
 				}
 				return next.Handle(ctx, m)
 			}
-			return i.process(ctx, next, m, system, &o)
+			return i.process(ctx, next, m, system, &o, last)
 		})
 	}
 }
 
-func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions) error {
+func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *message.Message, system string, o *ConsumerOptions, last *atomic.Pointer[opNames]) error {
 	tracing := i.tracing()
 	measure := i.metering()
 	var start time.Time
@@ -122,6 +124,7 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		}
 	}
 
+	names := i.namesFor(last, system, "process", topic, group)
 	sctx := ctx
 	var span trace.Span = tracenoop.Span{}
 	if tracing {
@@ -153,7 +156,7 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 				parent = rctx
 			}
 		}
-		sctx, span = i.tracer.Start(parent, "process "+topic, opts...)
+		sctx, span = i.tracer.Start(parent, names.span, opts...)
 		sa.attrs, sa.opts = attrs, opts
 		putSpanArgs(sa)
 	} else if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
@@ -162,7 +165,7 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 
 	var okOpt metric.MeasurementOption // the attribute set without error.type
 	if measure {
-		okOpt = i.metricOpt(system, "process", "process", topic, group, "")
+		okOpt = names.ok
 		i.consumed.Add(ctx, 1, okOpt)
 	}
 	if m.Attempt > 1 {

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -391,6 +392,30 @@ func baseAttrs(system, op, opType, topic, group, errType string) []attribute.Key
 		kv = append(kv, semconv.ErrorTypeKey.String(errType))
 	}
 	return kv
+}
+
+// opNames are what one (operation, topic, group) needs per message and
+// would otherwise build or look up each time: the span name and the metric
+// attribute option without error.type. A Publisher and each consumer
+// middleware keep the last one they used (a producer or a subscription
+// usually sticks to one topic), so the steady state makes no string and
+// hashes no key.
+type opNames struct {
+	topic, group string
+	span         string
+	ok           metric.MeasurementOption
+}
+
+// namesFor returns last's names when they are for topic and group, else
+// builds them and stores them in last.
+func (i *Instrumentation) namesFor(last *atomic.Pointer[opNames], system, op, topic, group string) *opNames {
+	if n := last.Load(); n != nil && n.topic == topic && n.group == group {
+		return n
+	}
+	n := &opNames{topic: topic, group: group, span: op + " " + topic,
+		ok: i.metricOpt(system, op, op, topic, group, "")}
+	last.Store(n)
+	return n
 }
 
 // metricOpt returns the cached attribute option for an operation metric.

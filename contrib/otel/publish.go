@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -27,6 +28,7 @@ type Publisher struct {
 	next   transport.Publisher
 	system string
 	limits transport.Limits
+	last   atomic.Pointer[opNames] // span name and metric set of the last topic
 }
 
 var _ transport.Publisher = (*Publisher)(nil)
@@ -82,10 +84,12 @@ func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*message.
 		// transport fills missing IDs itself.
 		return p.next.Publish(ctx, topic, msgs...)
 	}
-	return p.i.publish(ctx, p.next, p.system, p.limits, topic, msgs)
+	return p.i.publish(ctx, p, topic, msgs)
 }
 
-func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher, system string, limits transport.Limits, topic string, msgs []*message.Message) error {
+func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic string, msgs []*message.Message) error {
+	next, system, limits := p.next, p.system, p.limits
+	names := i.namesFor(&p.last, system, "send", topic, "")
 	for _, m := range msgs {
 		if m != nil && m.ID == "" {
 			m.ID = message.NewID()
@@ -113,7 +117,7 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 			if err == nil {
 				i.noteDeadLetters(ctx, topic, msgs)
 			}
-			i.measureSend(ctx, start, system, topic, len(msgs), err)
+			i.measureSend(ctx, start, names, system, topic, len(msgs), err)
 		}
 		return err
 	}
@@ -138,6 +142,7 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 		// One create span per message: each message carries its own
 		// creation context, and the send span links to them.
 		out = make([]*message.Message, len(msgs))
+		createName := "create " + topic
 		for n, m := range msgs {
 			if m == nil {
 				continue // left for the transport to reject
@@ -151,7 +156,7 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 			)
 			cattrs = messageAttrs(cattrs, system, m)
 			copts := append(ca.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(cattrs...))
-			cctx, cs := i.tracer.Start(ctx, "create "+topic, copts...)
+			cctx, cs := i.tracer.Start(ctx, createName, copts...)
 			ca.attrs, ca.opts = cattrs, copts
 			putSpanArgs(ca)
 			c, ok := i.carry(cctx, m, limits)
@@ -171,7 +176,7 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 	if len(links) > 0 {
 		opts = append(opts, trace.WithLinks(links...))
 	}
-	sctx, span := i.tracer.Start(ctx, "send "+topic, opts...)
+	sctx, span := i.tracer.Start(ctx, names.span, opts...)
 	sa.attrs, sa.opts = attrs, opts
 	putSpanArgs(sa)
 	if len(msgs) == 1 && msgs[0] != nil {
@@ -198,13 +203,16 @@ func (i *Instrumentation) publish(ctx context.Context, next transport.Publisher,
 	}
 	span.End()
 	if measure {
-		i.measureSend(ctx, start, system, topic, len(msgs), err)
+		i.measureSend(ctx, start, names, system, topic, len(msgs), err)
 	}
 	return err
 }
 
-func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, system, topic string, n int, err error) {
-	opt := i.metricOpt(system, "send", "send", topic, "", errorType(err))
+func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, names *opNames, system, topic string, n int, err error) {
+	opt := names.ok
+	if err != nil {
+		opt = i.metricOpt(system, "send", "send", topic, "", errorType(err))
+	}
 	i.sent.Add(ctx, int64(n), opt)
 	i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
 }
