@@ -1,14 +1,20 @@
 package middleware_test
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/middleware"
 	"github.com/courierkit/courier/middleware/storetest"
+	"github.com/courierkit/courier/router"
 )
 
 func TestMemoryStore(t *testing.T) {
@@ -160,4 +166,90 @@ func TestMemoryStoreStaysBounded(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestMemoryStoreFastPathSharesState: Idempotency takes a MemoryStore's
+// fast path (hashing the scoped key in place, sequence tokens); what it
+// records must be what the public methods see under the scoped key, and
+// the other way round.
+func TestMemoryStoreFastPathSharesState(t *testing.T) {
+	ctx := t.Context()
+	store := middleware.NewMemoryStore(middleware.MemoryStoreOptions{})
+	fail := errors.New("boom")
+	var failing atomic.Bool
+	h := middleware.Idempotency(store, middleware.IdempotencyOptions{})(message.HandlerFunc(func(context.Context, *message.Message) error {
+		if failing.Load() {
+			return fail
+		}
+		return nil
+	}))
+	deliver := func(id string) error {
+		m := &message.Message{ID: id, Topic: "orders"}
+		return h.Handle(router.NewContext(ctx, m, "orders", "billing", nil), m)
+	}
+	if err := deliver("a"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := store.Claim(ctx, "billing/a", "probe", time.Minute); err != nil || st != middleware.Processed {
+		t.Fatalf("public Claim after the middleware processed the key: %v %v", st, err)
+	}
+	// A claim taken through the public API holds the middleware off.
+	if st, _ := store.Claim(ctx, "billing/b", "other", time.Minute); st != middleware.Claimed {
+		t.Fatal(st)
+	}
+	if err := deliver("b"); !errors.Is(err, middleware.ErrInProgress) {
+		t.Fatalf("delivery of a key claimed elsewhere: %v, want ErrInProgress", err)
+	}
+	if err := store.Release(ctx, "billing/b", "other"); err != nil {
+		t.Fatal(err)
+	}
+	// A failure releases the middleware's claim.
+	failing.Store(true)
+	if err := deliver("b"); !errors.Is(err, fail) {
+		t.Fatal(err)
+	}
+	if st, _ := store.Claim(ctx, "billing/b", "next", time.Minute); st != middleware.Claimed {
+		t.Fatalf("key after a failed run: %v, want Claimed (released)", st)
+	}
+	// Long scoped keys (past the in-place buffer) hash like the string.
+	long := strings.Repeat("k", 600)
+	failing.Store(false)
+	if err := deliver(long); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := store.Claim(ctx, "billing/"+long, "probe", time.Minute); st != middleware.Processed {
+		t.Fatalf("long key: %v", st)
+	}
+}
+
+// TestMemoryStoreShardedBound: a store large enough to be sharded stays
+// within MaxKeys and remembers (nearly all of) the MaxKeys/2 most recent
+// keys.
+func TestMemoryStoreShardedBound(t *testing.T) {
+	ctx := t.Context()
+	const maxKeys = 20000
+	s := middleware.NewMemoryStore(middleware.MemoryStoreOptions{MaxKeys: maxKeys})
+	n := 100000
+	for i := range n {
+		k := strconv.Itoa(i)
+		if st, err := s.Claim(ctx, k, "t", time.Minute); err != nil || st != middleware.Claimed {
+			t.Fatalf("Claim %s: %v %v", k, st, err)
+		}
+		if err := s.Done(ctx, k, "t", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := s.Len(); l > maxKeys {
+		t.Fatalf("Len %d > MaxKeys %d", l, maxKeys)
+	}
+	forgotten := 0
+	for i := n - maxKeys/2; i < n; i++ {
+		if st, _ := s.Claim(ctx, strconv.Itoa(i), "u", time.Minute); st != middleware.Processed {
+			forgotten++
+		}
+	}
+	t.Logf("%d of the %d most recent keys forgotten", forgotten, maxKeys/2)
+	if forgotten > maxKeys/2/20 { // 5 %: the shards' share of recent keys varies by a few percent
+		t.Fatalf("%d of the %d most recent keys forgotten", forgotten, maxKeys/2)
+	}
 }
