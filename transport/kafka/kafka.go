@@ -50,6 +50,8 @@ type Transport struct {
 
 	client   sarama.Client // producer and admin requests
 	producer sarama.SyncProducer
+	// prod sends Publish calls: one round of produce requests per call.
+	prod *producer
 
 	// batchProducer sends calls of several messages: it lingers
 	// (Options.Linger) so they leave as one request per broker, while
@@ -127,6 +129,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		t.client.Close()
 		return nil, t.wrap("producer", err)
 	}
+	t.prod = newProducer(t.client, cfg, t.done)
 	t.admin, err = sarama.NewClusterAdminFromClient(t.client)
 	if err != nil {
 		t.producer.Close()
@@ -220,59 +223,103 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*message.
 	if len(msgs) == 0 {
 		return nil
 	}
-	pms := make([]*sarama.ProducerMessage, len(msgs))
+	recs := make([]outRecord, len(msgs))
 	for i, m := range msgs {
-		pm, err := t.record(i, topic, m)
+		r, err := t.record(i, m)
 		if err != nil {
 			return err
 		}
-		pms[i] = pm
+		recs[i] = r
 	}
 	if err := t.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
-	return t.send(ctx, topic, pms)
+	return t.send(ctx, topic, recs)
 }
 
-func (t *Transport) record(i int, topic string, m *message.Message) (*sarama.ProducerMessage, error) {
+func (t *Transport) record(i int, m *message.Message) (outRecord, error) {
 	if _, ok := m.Headers[HeaderID]; ok {
-		return nil, fmt.Errorf("%w: message %d (id %q): header %q is reserved for the message ID", transport.ErrInvalidMessage, i, m.ID, HeaderID)
+		return outRecord{}, fmt.Errorf("%w: message %d (id %q): header %q is reserved for the message ID", transport.ErrInvalidMessage, i, m.ID, HeaderID)
 	}
 	size := recordOverhead + len(HeaderID) + len(m.ID) + headerOverhead + len(m.Key) + len(m.Payload)
-	hs := make([]sarama.RecordHeader, 0, len(m.Headers)+1)
-	hs = append(hs, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(m.ID)})
+	hs := make([]*sarama.RecordHeader, len(m.Headers)+1)
+	// One allocation for the header structs, one for their bytes.
+	hv := make([]sarama.RecordHeader, len(hs))
+	buf := make([]byte, 0, t.headerBytes(m))
+	buf = append(buf, HeaderID...)
+	buf = append(buf, m.ID...)
+	hv[0] = sarama.RecordHeader{Key: buf[:len(HeaderID):len(HeaderID)], Value: buf[len(HeaderID):len(buf):len(buf)]}
+	hs[0] = &hv[0]
+	j := 1
 	for k, v := range m.Headers {
-		hs = append(hs, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+		start := len(buf)
+		buf = append(buf, k...)
+		mid := len(buf)
+		buf = append(buf, v...)
+		hv[j] = sarama.RecordHeader{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]}
+		hs[j] = &hv[j]
+		j++
 		size += len(k) + len(v) + headerOverhead
 	}
 	if size > t.o.MaxMessageBytes {
-		return nil, &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: transport.Size(m),
+		return outRecord{}, &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: transport.Size(m),
 			Limit: t.limits.MaxMessage - headerOverhead*len(m.Headers)}
 	}
-	pm := &sarama.ProducerMessage{Topic: topic, Headers: hs}
+	// Key and value share one copy of the message's bytes: the record
+	// must not change if the caller reuses its slices after Publish.
+	kv := make([]byte, 0, len(m.Key)+len(m.Payload))
+	kv = append(kv, m.Key...)
+	kv = append(kv, m.Payload...)
+	r := &sarama.Record{Headers: hs}
 	if m.Key != "" {
-		pm.Key = sarama.StringEncoder(m.Key)
+		r.Key = kv[:len(m.Key):len(m.Key)]
 	}
 	if len(m.Payload) > 0 {
-		pm.Value = sarama.ByteEncoder(append([]byte(nil), m.Payload...))
+		r.Value = kv[len(m.Key):]
 	}
-	return pm, nil
+	return outRecord{r: r, key: r.Key, size: size}, nil
 }
 
-// send runs SendMessages, which hands the whole batch to sarama's
-// producer at once (it groups records by partition leader into one
-// request each), and waits for the acks or ctx.
-func (t *Transport) send(ctx context.Context, topic string, pms []*sarama.ProducerMessage) error {
-	p := t.producer
-	if len(pms) > 1 && t.o.Linger > 0 {
+// headerBytes is the length of m's header names and values, ID included.
+func (t *Transport) headerBytes(m *message.Message) int {
+	n := len(HeaderID) + len(m.ID)
+	for k, v := range m.Headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+// send writes recs and waits for the acks, ctx, PublishTimeout or Close.
+// By default the call is one round of produce requests of this package's
+// producer (one request per partition leader); with Linger, calls of
+// several messages go through sarama's lingering producer instead.
+func (t *Transport) send(ctx context.Context, topic string, recs []outRecord) error {
+	var run func() error
+	if len(recs) > 1 && t.o.Linger > 0 {
 		bp, err := t.batcher()
 		if err != nil {
 			return err
 		}
-		p = bp
+		pms := make([]*sarama.ProducerMessage, len(recs))
+		for i, r := range recs {
+			pm := &sarama.ProducerMessage{Topic: topic, Headers: make([]sarama.RecordHeader, len(r.r.Headers))}
+			for j, h := range r.r.Headers {
+				pm.Headers[j] = *h
+			}
+			if r.r.Key != nil {
+				pm.Key = sarama.ByteEncoder(r.r.Key)
+			}
+			if r.r.Value != nil {
+				pm.Value = sarama.ByteEncoder(r.r.Value)
+			}
+			pms[i] = pm
+		}
+		run = func() error { return bp.SendMessages(pms) }
+	} else {
+		run = func() error { return t.prod.produce(topic, recs) }
 	}
 	done := make(chan error, 1)
-	go func() { done <- p.SendMessages(pms) }()
+	go func() { done <- run() }()
 	timer := time.NewTimer(t.o.PublishTimeout)
 	defer timer.Stop()
 	var err error
@@ -290,18 +337,22 @@ func (t *Transport) send(ctx context.Context, topic string, pms []*sarama.Produc
 	if err == nil {
 		return nil
 	}
+	failed := len(recs)
 	var perrs sarama.ProducerErrors
 	if errors.As(err, &perrs) && len(perrs) > 0 {
-		first := perrs[0].Err
-		if errors.Is(first, sarama.ErrMessageSizeTooLarge) {
-			return errors.Join(ErrMessageTooLarge, transport.ErrLimit, t.wrap(fmt.Sprintf("publish to %q", topic), first))
+		failed = len(perrs)
+		err = perrs[0].Err
+	}
+	if errors.Is(err, sarama.ErrMessageSizeTooLarge) {
+		return errors.Join(ErrMessageTooLarge, transport.ErrLimit, t.wrap(fmt.Sprintf("publish to %q", topic), err))
+	}
+	if errors.Is(err, sarama.ErrClosedClient) || errors.Is(err, sarama.ErrShuttingDown) {
+		if t.isClosed() {
+			return transport.ErrClosed
 		}
-		if errors.Is(first, sarama.ErrClosedClient) || errors.Is(first, sarama.ErrShuttingDown) {
-			if t.isClosed() {
-				return transport.ErrClosed
-			}
-		}
-		return t.wrap(fmt.Sprintf("publish to %q: %d of %d messages failed", topic, len(perrs), len(pms)), first)
+	}
+	if len(perrs) > 0 {
+		return t.wrap(fmt.Sprintf("publish to %q: %d of %d messages failed", topic, failed, len(recs)), err)
 	}
 	return t.wrap(fmt.Sprintf("publish to %q", topic), err)
 }

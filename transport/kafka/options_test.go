@@ -255,56 +255,130 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// With Linger the records of one Publish call leave as one produce request
-// per broker; without (the default) never one per message.
+// A Publish call is one round of requests: by default (no linger) and
+// with Linger alike, the records of one call leave as exactly one produce
+// request per partition leader broker.
 func TestPublishOneRequestPerCall(t *testing.T) {
 	if testenv.KafkaExternal() {
 		t.Skip("counts requests on a private kfake cluster")
 	}
 	brokers(t)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	c, err := kfake.NewCluster(kfake.NumBrokers(3))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var produces atomic.Int64
-	c.ControlKey(0, func(kmsg.Request) (kmsg.Response, error, bool) {
-		produces.Add(1)
+	const topic = "one-round"
+	var produces, records atomic.Int64
+	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
+		req := r.(*kmsg.ProduceRequest)
+		for _, tp := range req.Topics {
+			if tp.Topic == topic {
+				produces.Add(1)
+				for _, p := range tp.Partitions {
+					var b kmsg.RecordBatch
+					if err := b.ReadFrom(p.Records); err == nil {
+						records.Add(int64(b.NumRecords))
+					}
+				}
+				break
+			}
+		}
 		return nil, nil, false // count only; kfake handles the request
 	})
 	o := testOptions(t)
 	o.Brokers = c.ListenAddrs()
+	o.Partitions = 6
+	plain := newTransport(t, o)
 	o.Linger = 20 * time.Millisecond // generous: the race detector and a loaded CI box
-	tr := newTransport(t, o)
-	plain := newTransport(t, kafkatransport.Options{Brokers: c.ListenAddrs()})
+	lingering := newTransport(t, o)
 	ctx := context.Background()
-	if err := tr.Publish(ctx, "one-round", message.New(nil)); err != nil { // creates the topic, warms up
+	if err := plain.Publish(ctx, topic, message.New(nil)); err != nil { // creates the topic, warms up
 		t.Fatal(err)
 	}
+	// The leaders of the topic's partitions: one request each per call.
+	var client sarama.Client
+	if !plain.As(&client) {
+		t.Fatal("As(*sarama.Client) failed")
+	}
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaders := map[int32]bool{}
+	for _, p := range parts {
+		b, err := client.Leader(topic, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaders[b.ID()] = true
+	}
+	t.Logf("%d partitions on %d leader brokers", len(parts), len(leaders))
 	for round := range 5 {
 		var ms []*message.Message
 		for i := range 100 {
-			ms = append(ms, &message.Message{Key: strconv.Itoa(i), Payload: []byte("x")}) // all 3 partitions
+			ms = append(ms, &message.Message{Key: strconv.Itoa(i), Payload: []byte("x")}) // every partition
 		}
-		before := produces.Load()
-		if err := tr.Publish(ctx, "one-round", ms...); err != nil {
+		for _, v := range []struct {
+			name string
+			tr   *kafkatransport.Transport
+		}{{"default", plain}, {"linger", lingering}} {
+			before, beforeRecs := produces.Load(), records.Load()
+			if err := v.tr.Publish(ctx, topic, ms...); err != nil {
+				t.Fatal(err)
+			}
+			if n := produces.Load() - before; n != int64(len(leaders)) {
+				t.Errorf("round %d, %s: %d produce requests for one Publish of 100 messages, want %d (one per leader)", round, v.name, n, len(leaders))
+			}
+			if n := records.Load() - beforeRecs; n != int64(len(ms)) {
+				t.Errorf("round %d, %s: %d records in the produce requests, want %d", round, v.name, n, len(ms))
+			}
+		}
+	}
+	// Every record arrived once, in the order of its key.
+	got := map[string]int{}
+	cons, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	total := 0
+	for _, p := range parts {
+		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if n := produces.Load() - before; n != 1 {
-			t.Errorf("round %d: %d produce requests for one Publish of 100 messages with Linger, want 1", round, n)
+		if hwm == 0 {
+			continue
 		}
-		before = produces.Load()
-		if err := plain.Publish(ctx, "one-round", ms...); err != nil {
+		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
 			t.Fatal(err)
 		}
-		// Without linger the first record goes alone and the rest follow
-		// in what accumulated meanwhile: 2 to 5 requests on an idle
-		// machine, more under the race detector, never one per message.
-		if n := produces.Load() - before; n < 1 || n >= int64(len(ms))/2 {
-			t.Errorf("round %d: %d produce requests for one Publish of 100 messages without linger, want batching", round, n)
-		} else {
-			t.Logf("without linger: %d produce requests for 100 messages", n)
+		for {
+			var m *sarama.ConsumerMessage
+			select {
+			case m = <-pc.Messages():
+			case <-time.After(10 * time.Second):
+				t.Fatalf("partition %d: nothing read within 10s", p)
+			}
+			if len(m.Key) > 0 {
+				got[string(m.Key)]++
+			}
+			total++
+			if m.Offset == hwm-1 {
+				break
+			}
+		}
+		pc.Close()
+	}
+	if total != 1+5*2*100 {
+		t.Errorf("%d records in the topic, want %d", total, 1+5*2*100)
+	}
+	for k, n := range got {
+		if n != 10 {
+			t.Errorf("key %s: %d records, want 10", k, n)
 		}
 	}
 }
