@@ -101,6 +101,62 @@ func TestRateLimit(t *testing.T) {
 	})
 }
 
+// TestRateLimitEdges: the no-wait path keeps Wait's outcomes.
+func TestRateLimitEdges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cancelled, cancel := context.WithCancel(t.Context())
+		cancel()
+		// rate.Inf, private: never waits, still refuses a dead context.
+		c := &counter{}
+		inf := middleware.RateLimit(middleware.RateLimitOptions{Limit: rate.Inf})(c)
+		start := time.Now()
+		for range 1000 {
+			if err := inf.Handle(t.Context(), msg("a")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if time.Since(start) != 0 || c.count() != 1000 {
+			t.Fatalf("rate.Inf: waited %v, %d runs", time.Since(start), c.count())
+		}
+		if err := inf.Handle(cancelled, msg("a")); !errors.Is(err, context.Canceled) || c.count() != 1000 {
+			t.Fatalf("rate.Inf with a cancelled ctx: %v", err)
+		}
+		// A token available and a dead context: the context wins.
+		fresh := middleware.RateLimit(middleware.RateLimitOptions{Limit: 1, Burst: 5})(c)
+		if err := fresh.Handle(cancelled, msg("a")); !errors.Is(err, context.Canceled) || c.count() != 1000 {
+			t.Fatalf("cancelled ctx with tokens left: %v", err)
+		}
+		// A shared limiter with burst 0 refuses at once (Wait's error).
+		zero := middleware.RateLimit(middleware.RateLimitOptions{Limiter: rate.NewLimiter(10, 0)})(c)
+		if err := zero.Handle(t.Context(), msg("a")); err == nil || c.count() != 1000 {
+			t.Fatalf("burst 0: %v", err)
+		}
+		// A shared limiter switched to rate.Inf lets everything through.
+		lim := rate.NewLimiter(1, 1)
+		shared := middleware.RateLimit(middleware.RateLimitOptions{Limiter: lim})(c)
+		lim.SetLimit(rate.Inf)
+		start = time.Now()
+		for range 10 {
+			if err := shared.Handle(t.Context(), msg("a")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if time.Since(start) != 0 {
+			t.Fatalf("shared rate.Inf limiter waited %v", time.Since(start))
+		}
+		// A wait that cannot end before the context's deadline fails at
+		// once with the limiter's error.
+		slow := middleware.RateLimit(middleware.RateLimitOptions{Limit: 1, Burst: 1})(c)
+		_ = slow.Handle(t.Context(), msg("a")) // takes the only token
+		dctx, dcancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer dcancel()
+		start = time.Now()
+		if err := slow.Handle(dctx, msg("a")); err == nil || errors.Is(err, context.DeadlineExceeded) || time.Since(start) != 0 {
+			t.Fatalf("wait past the deadline: %v after %v", err, time.Since(start))
+		}
+	})
+}
+
 func TestCorrelationID(t *testing.T) {
 	var gotCtx string
 	h := middleware.CorrelationID(middleware.CorrelationOptions{})(message.HandlerFunc(func(ctx context.Context, m *message.Message) error {

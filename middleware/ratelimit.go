@@ -30,6 +30,7 @@ type RateLimitOptions struct {
 // message is nacked); waiting holds the message and a concurrency slot.
 func RateLimit(opts RateLimitOptions) message.Middleware {
 	lim := opts.Limiter
+	unlimited := false
 	if lim == nil {
 		l, b := opts.Limit, opts.Burst
 		if l <= 0 {
@@ -39,14 +40,27 @@ func RateLimit(opts RateLimitOptions) message.Middleware {
 			b = 1
 		}
 		lim = rate.NewLimiter(l, b)
+		// A private limiter's limit never changes: an infinite one
+		// never makes anyone wait.
+		unlimited = l == rate.Inf
 	}
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
-			if err := lim.Wait(ctx); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
+			// Fast path, same outcome as Wait: a live ctx and a token
+			// available now (always, at rate.Inf). It asks ctx for Err,
+			// not Done, so a lazily made context (Retry's, Timeout's)
+			// needs no channel. Otherwise Wait decides: it fails at once
+			// for a burst of 0, waits, or gives up at ctx's end.
+			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if !unlimited && !lim.Allow() {
+				if err := lim.Wait(ctx); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return err
+				}
 			}
 			return next.Handle(ctx, m)
 		})
