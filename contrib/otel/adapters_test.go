@@ -52,6 +52,7 @@ func unique(prefix string) string {
 func TestTraceAcrossThreeServicesNATS(t *testing.T) {
 	url := testenv.NATS(t)
 	orders, payments := unique("otel-orders"), unique("otel-payments")
+	cleanupNATS(t, url, orders, payments)
 	r := runChain(t, "nats", openURL(url), orders, payments)
 	checkChain(t, "nats", r, orders, payments)
 }
@@ -60,6 +61,7 @@ func TestTraceAcrossThreeServicesNATS(t *testing.T) {
 func TestTraceAcrossThreeServicesRabbitMQ(t *testing.T) {
 	url := testenv.FindRabbitMQ(t)
 	orders, payments := unique("otel-orders"), unique("otel-payments")
+	cleanupRabbitMQ(t, url, map[string][]string{orders: {"billing"}, payments: {"shipping"}})
 	r := runChain(t, "rabbitmq", openURL(url), orders, payments, courierotel.Options{Attributes: otelamqp.Attributes})
 	checkChain(t, "rabbitmq", r, orders, payments)
 	// From the amqp091.Delivery, by otelamqp.
@@ -134,9 +136,16 @@ func TestLagOnAdapters(t *testing.T) {
 		url  func(t testing.TB) string
 	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}, {"gcppubsub", pubsubURL}} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn := openURL(tc.url(t))(t)
-			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})
+			url := tc.url(t)
 			topic := unique("otel-lag")
+			switch tc.name {
+			case "nats":
+				cleanupNATS(t, url, topic)
+			case "rabbitmq":
+				cleanupRabbitMQ(t, url, map[string][]string{topic: {"late"}})
+			}
+			conn := openURL(url)(t)
+			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := conn.Declare(ctx, topic, transport.SubscribeOptions{Group: "late"}); err != nil {
