@@ -71,6 +71,9 @@ func BenchmarkMiddleware(b *testing.B) {
 		{"RateLimitInf", func() []message.Middleware {
 			return []message.Middleware{middleware.RateLimit(middleware.RateLimitOptions{Limit: rate.Inf})}
 		}},
+		{"RateLimitHigh", func() []message.Middleware {
+			return []message.Middleware{middleware.RateLimit(middleware.RateLimitOptions{Limit: 1e9, Burst: 1 << 20})}
+		}},
 		{"Recommended", fullStack},
 	}
 	for _, c := range cases {
