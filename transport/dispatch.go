@@ -69,7 +69,7 @@ type Dispatcher struct {
 	cancel context.CancelFunc
 	sctx   context.Context // settle context: never cancelled
 
-	sem     chan struct{} // MaxInFlight tokens
+	sem     *sema // MaxInFlight tokens
 	work    chan job
 	workers sync.WaitGroup
 	jobs    atomic.Int64  // taken, not yet settled
@@ -98,7 +98,7 @@ func NewDispatcher(parent context.Context, h message.Handler, o DispatchOptions)
 	so := o.Subscribe.Defaults()
 	d := &Dispatcher{
 		h: h, o: so, topic: o.Topic, group: o.Group, dlq: o.DeadLetter,
-		log: o.Logger, sem: make(chan struct{}, so.MaxInFlight), idle: make(chan struct{}),
+		log: o.Logger, sem: newSema(so.MaxInFlight), idle: make(chan struct{}),
 		sctx: context.WithoutCancel(parent),
 	}
 	if d.group == "" {
@@ -132,51 +132,50 @@ func (d *Dispatcher) Context() context.Context { return d.ctx }
 // then not taken and a is untouched: the caller must leave it for
 // redelivery.
 func (d *Dispatcher) Deliver(ctx context.Context, m *message.Message, a Acker) error {
-	select {
-	case d.sem <- struct{}{}:
-	default:
-		select {
-		case d.sem <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-d.ctx.Done():
-			return ErrClosed
-		}
+	if _, err := d.sem.acquire(ctx, d.ctx.Done(), 1); err != nil {
+		return err
 	}
 	d.jobs.Add(1)
 	if d.stopped.Load() {
-		<-d.sem
+		d.sem.release(1)
 		d.jobDone()
 		return ErrClosed
 	}
-	j := job{m: m, a: a}
+	d.take(job{m: m, a: a})
+	return nil
+}
+
+// take runs j (Concurrency 1) or hands it to a worker, once its token is
+// held and counted in jobs.
+func (d *Dispatcher) take(j job) {
+	m := j.m
 	if d.work == nil {
 		// Adapters may call Deliver from several goroutines (receivers,
 		// client-library callbacks): the lock keeps Concurrency 1 true.
 		d.inline.Lock()
 		d.run(j)
 		d.inline.Unlock()
-		return nil
+		return
 	}
 	d.mu.Lock()
 	if d.keys != nil && m.Key != "" {
 		if q, busy := d.keys[m.Key]; busy {
 			q.pending = append(q.pending, j)
 			d.mu.Unlock()
-			return nil
+			return
 		}
 		d.keys[m.Key] = &keyQueue{}
 	}
 	d.mu.Unlock()
 	select {
 	case d.work <- j:
-		return nil
+		return
 	case <-d.ctx.Done():
 		// Cancelled while every worker is busy: settle as a nack so the
 		// message is redelivered, keeping the one-settle-per-message rule.
 		d.settle(j, context.Canceled)
 		d.next(j)
-		return nil
+		return
 	}
 }
 
@@ -236,7 +235,18 @@ func (d *Dispatcher) call(m *message.Message) (err error) {
 }
 
 func (d *Dispatcher) settle(j job, err error) {
-	defer func() { <-d.sem; d.jobDone() }()
+	defer d.settled()
+	d.settleOnly(j, err)
+}
+
+// settled returns the token of one settled message.
+func (d *Dispatcher) settled() {
+	d.sem.release(1)
+	d.jobDone()
+}
+
+// settleOnly acks, nacks or dead-letters j; the caller returns its token.
+func (d *Dispatcher) settleOnly(j job, err error) {
 	m, a := j.m, j.a
 	switch {
 	case err == nil:
@@ -284,8 +294,10 @@ func (d *Dispatcher) deadLetter(m *message.Message, a Acker, cause error) {
 
 // jobDone counts a settled (or refused) message and signals Stop when it
 // was the last one after stopping.
-func (d *Dispatcher) jobDone() {
-	if d.jobs.Add(-1) == 0 && d.stopped.Load() {
+func (d *Dispatcher) jobDone() { d.jobsDone(1) }
+
+func (d *Dispatcher) jobsDone(n int) {
+	if d.jobs.Add(-int64(n)) == 0 && d.stopped.Load() {
 		d.idled.Do(func() { close(d.idle) })
 	}
 }
