@@ -39,6 +39,14 @@
 // pgx stdlib driver (github.com/jackc/pgx/v5/stdlib): the statement binds
 // Go slices as PostgreSQL arrays, which lib/pq does not do.
 //
+// Options.BeforeWrite is called with the write's ctx for each message
+// before it is stored (on a copy: the caller's headers are left alone),
+// to add headers that belong to the writing request. Its main use is
+// tracing: contrib/otel's Instrumentation.OutboxHook writes the request's
+// W3C trace context, so the relay's publish, through a traced Conn,
+// continues the request's trace although it happens later and elsewhere.
+// The outbox itself imports no tracing library.
+//
 // Each call also takes a transaction-scoped advisory lock per distinct
 // non-empty key (pg_advisory_xact_lock(class, hash(key)), class derived
 // from the table name), so concurrent transactions that write one key

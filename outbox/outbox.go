@@ -48,6 +48,20 @@ type Options struct {
 	// without it, two transactions racing on one key may be published in
 	// either order. Default: false (lock).
 	NoKeyLock bool
+	// BeforeWrite, when set, is called by Publish for each message before
+	// it is stored, with the ctx of the Publish call and the topic: the
+	// place to add headers that depend on the writing request, such as the
+	// trace context of the request that caused the write
+	// (contrib/otel's Instrumentation.OutboxHook writes W3C traceparent
+	// and tracestate), so the relay's publish continues that trace.
+	//
+	// It gets a copy of the message (same ID, key and payload, a header
+	// map of its own), so the caller's messages are not changed; what it
+	// leaves in the copy's Key and Headers is what is stored, and is
+	// validated again against Limits. An error aborts the call before
+	// anything is written and is returned wrapped (errors.Is sees it).
+	// Called on the caller's goroutine, in message order. Default: nil.
+	BeforeWrite func(ctx context.Context, topic string, m *message.Message) error
 }
 
 // Outbox writes messages into the outbox table inside the caller's
@@ -111,6 +125,12 @@ func (o *Outbox) Publish(ctx context.Context, db DB, topic string, msgs ...*mess
 	if err := transport.PreparePublish(topic, msgs, o.opts.Limits); err != nil {
 		return err
 	}
+	if o.opts.BeforeWrite != nil {
+		var err error
+		if msgs, err = o.beforeWrite(ctx, topic, msgs); err != nil {
+			return err
+		}
+	}
 	keys := make([]string, len(msgs))
 	hashes := make([]int32, len(msgs))
 	ids := make([]string, len(msgs))
@@ -142,6 +162,30 @@ func (o *Outbox) Publish(ctx context.Context, db DB, topic string, msgs ...*mess
 		return fmt.Errorf("outbox: write %d message(s) to %s: %w", len(msgs), topic, err)
 	}
 	return nil
+}
+
+// beforeWrite returns copies of msgs (IDs already filled in) as
+// Options.BeforeWrite left them, validated again.
+func (o *Outbox) beforeWrite(ctx context.Context, topic string, msgs []*message.Message) ([]*message.Message, error) {
+	out := make([]*message.Message, len(msgs))
+	for i, m := range msgs {
+		c := *m
+		c.Headers = make(message.Header, len(m.Headers)+2)
+		for k, v := range m.Headers {
+			c.Headers[k] = v
+		}
+		if err := o.opts.BeforeWrite(ctx, topic, &c); err != nil {
+			return nil, fmt.Errorf("outbox: BeforeWrite: message %d (id %q): %w", i, m.ID, err)
+		}
+		if c.ID != m.ID {
+			return nil, fmt.Errorf("%w: message %d: BeforeWrite changed the ID from %q to %q", transport.ErrInvalidMessage, i, m.ID, c.ID)
+		}
+		out[i] = &c
+	}
+	if err := transport.PreparePublish(topic, out, o.opts.Limits); err != nil {
+		return nil, fmt.Errorf("outbox: after BeforeWrite: %w", err)
+	}
+	return out, nil
 }
 
 // keyHash is the partition hash stored with a row: of the key, or of the

@@ -50,6 +50,14 @@ var _ transport.Publisher = (*Publisher)(nil)
 //     messaging.client.operation.duration, both with error.type when the
 //     publish failed.
 //
+// Published from a context without a span (a relay, a forwarder), a
+// message that already carries trace context continues that trace: its
+// producer span (the send span of a single message, the message's create
+// span in a batch) is a child of the span the message carries, whose
+// context it then replaces. This is how a message written to an outbox
+// inside a traced request (see OutboxHook) stays in that request's trace
+// when the relay publishes it.
+//
 // Messages with an empty ID get one (message.NewID) before the span
 // starts, as Publish promises; the caller's messages are not otherwise
 // changed: p receives shallow copies with their own header maps.
@@ -147,6 +155,7 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 			if m == nil {
 				continue // left for the transport to reject
 			}
+			cparent := i.parentFor(ctx, m)
 			ca := getSpanArgs()
 			cattrs := append(ca.attrs,
 				semconv.MessagingSystemKey.String(system),
@@ -156,7 +165,7 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 			)
 			cattrs = messageAttrs(cattrs, system, m)
 			copts := append(ca.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(cattrs...))
-			cctx, cs := i.tracer.Start(ctx, createName, copts...)
+			cctx, cs := i.tracer.Start(cparent, createName, copts...)
 			ca.attrs, ca.opts = cattrs, copts
 			putSpanArgs(ca)
 			c, ok := i.carry(cctx, m, limits)
@@ -176,7 +185,11 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 	if len(links) > 0 {
 		opts = append(opts, trace.WithLinks(links...))
 	}
-	sctx, span := i.tracer.Start(ctx, names.span, opts...)
+	parent := ctx
+	if len(msgs) == 1 && msgs[0] != nil {
+		parent = i.parentFor(ctx, msgs[0])
+	}
+	sctx, span := i.tracer.Start(parent, names.span, opts...)
 	sa.attrs, sa.opts = attrs, opts
 	putSpanArgs(sa)
 	if len(msgs) == 1 && msgs[0] != nil {
@@ -206,6 +219,20 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 		i.measureSend(ctx, start, names, system, topic, len(msgs), err)
 	}
 	return err
+}
+
+// parentFor is the parent of m's producer span: ctx's span; or, when ctx
+// has none and m already carries trace context (a message written to an
+// outbox inside a traced request, or forwarded), the span m carries, so
+// the publish continues the trace m was made in.
+func (i *Instrumentation) parentFor(ctx context.Context, m *message.Message) context.Context {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx
+	}
+	if _, ok := m.Headers[message.HeaderTraceParent]; !ok {
+		return ctx
+	}
+	return i.prop.Extract(ctx, HeaderCarrier(m.Headers))
 }
 
 func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, names *opNames, system, topic string, n int, err error) {
@@ -306,5 +333,40 @@ func (i *Instrumentation) noteDeadLetters(ctx context.Context, dlq string, msgs 
 		d.deadLettered.Store(true)
 		attempt, _ := strconv.Atoi(m.Headers[message.HeaderDeadLetterAttempts])
 		i.deadLettered(ctx, d.span, d.system, d.topic, d.group, dlq, attempt, errors.New(reason))
+	}
+}
+
+// OutboxHook returns a function for outbox.Options.BeforeWrite that writes
+// the trace context of the writing request's ctx (W3C traceparent and
+// tracestate, through the Instrumentation's propagator) into each message
+// stored in the outbox. When the relay publishes the row through a traced
+// Publisher or Conn, the send span is a child of that request's span (see
+// Publisher), so the consumer's process span joins the request's trace.
+//
+// limits are the relay transport's (the outbox's Options.Limits): as in
+// Publisher, when the trace headers would take a message over them, the
+// message is stored without tracestate, or without trace context, rather
+// than failing the write. A ctx without a span context leaves the message
+// as it is. The function never returns an error.
+//
+// It records nothing and starts no span, so it works whatever the
+// providers are; with the unset global TracerProvider there is no span
+// context to write unless one came from elsewhere.
+func (i *Instrumentation) OutboxHook(limits transport.Limits) func(ctx context.Context, topic string, m *message.Message) error {
+	return func(ctx context.Context, _ string, m *message.Message) error {
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			return nil
+		}
+		if m.Headers == nil {
+			m.Headers = make(message.Header, 2)
+		}
+		i.prop.Inject(ctx, HeaderCarrier(m.Headers))
+		if !fits(m, limits) {
+			delete(m.Headers, message.HeaderTraceState)
+			if !fits(m, limits) {
+				delete(m.Headers, message.HeaderTraceParent)
+			}
+		}
+		return nil
 	}
 }
