@@ -2,7 +2,10 @@ package sqstransport_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,19 +22,124 @@ import (
 )
 
 // The raw SDK and the adapter side by side, on the same emulator, the same
-// payload (benchPayload bytes) and the same batching:
+// payload (benchPayload bytes) and the same batching, in one run:
 //
-//	go test -run '^$' -bench . -benchtime 2000x ./transport/sqs
+//	go test -run '^$' -bench 'Publish$|Drain$' -benchtime 21000x ./transport/sqs
 //
-// Publish: one goroutine sending batches of 10 (SendMessageBatch vs
-// Publish with 10 messages). Drain: a queue holding b.N messages emptied by
-// benchWorkers loops (ReceiveMessage of 10 + DeleteMessageBatch vs a
-// subscription with as many receivers and handlers); the clock stops when
-// every message is handled and deleted.
+// b.N is the number of messages each side handles, split into benchRounds
+// rounds. Within a round the sides take turns (publish: 100 messages per
+// turn; drain: one turn per side, the backlog filled beforehand with the
+// clock stopped), the order rotating from turn to turn, so that load from
+// elsewhere on the machine falls on every side alike. Each round logs every
+// side's msg/s and process CPU per message; the reported metrics are the
+// medians over the rounds, and adapter-% is the median of the per-round
+// ratios adapter/raw. The process CPU (cpu-ns/msg) counts the client,
+// goaws (in process) and the garbage collector together; adapter-%-by-cpu
+// is raw's CPU per message over the adapter's, the share of raw's
+// throughput the adapter's cost allows when the machine is the limit.
 const (
 	benchPayload = 256
 	benchWorkers = 4
+	benchRounds  = 7
 )
+
+// pairing collects the wall-clock and process CPU time of each side in each
+// round of a side-by-side benchmark. Side 0 is the raw baseline,
+// the last side the adapter.
+type pairing struct {
+	sides []string
+	msgs  []int             // messages per side, per round
+	wall  [][]time.Duration // [round][side]
+	cpu   [][]time.Duration
+}
+
+// newPairing splits n messages per side into rounds.
+func newPairing(n int, sides ...string) *pairing {
+	rounds := benchRounds
+	if n < 10*rounds {
+		rounds = 1 // testing's first call, b.N = 1
+	}
+	p := &pairing{sides: sides}
+	for r := range rounds {
+		p.msgs = append(p.msgs, n/rounds+btoi(r < n%rounds))
+		p.wall = append(p.wall, make([]time.Duration, len(sides)))
+		p.cpu = append(p.cpu, make([]time.Duration, len(sides)))
+	}
+	return p
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// turn runs f as side s in round r, adding up its wall-clock and CPU time.
+func (p *pairing) turn(r, s int, f func()) {
+	c0, t0 := processCPU(), time.Now()
+	f()
+	p.wall[r][s] += time.Since(t0)
+	p.cpu[r][s] += processCPU() - c0
+}
+
+// order is the sequence of sides for turn k: a rotation, so that no side
+// always follows the same one.
+func (p *pairing) order(k int) []int {
+	o := make([]int, len(p.sides))
+	for i := range o {
+		o[i] = (k + i) % len(o)
+	}
+	return o
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// report logs every round and reports the medians.
+func (p *pairing) report(b *testing.B) {
+	ad := len(p.sides) - 1
+	rate := make([][]float64, len(p.sides)) // [side][round]
+	cpu := make([][]float64, len(p.sides))
+	ratio := make([][]float64, ad) // adapter/side, [side][round]
+	cpuRatio := make([][]float64, ad)
+	for r := range p.msgs {
+		n := float64(p.msgs[r])
+		var line strings.Builder
+		fmt.Fprintf(&line, "round %d (%d msgs per side):", r+1, p.msgs[r])
+		for s, name := range p.sides {
+			rate[s] = append(rate[s], n/p.wall[r][s].Seconds())
+			cpu[s] = append(cpu[s], float64(p.cpu[r][s].Nanoseconds())/n)
+			fmt.Fprintf(&line, " %s %.0f msg/s %.0f cpu-ns/msg |", name, rate[s][r], cpu[s][r])
+		}
+		for s := range ad {
+			ratio[s] = append(ratio[s], 100*rate[ad][r]/rate[s][r])
+			cpuRatio[s] = append(cpuRatio[s], 100*cpu[s][r]/cpu[ad][r])
+			fmt.Fprintf(&line, " adapter/%s %.1f%% (by cpu %.1f%%)", p.sides[s], ratio[s][r], cpuRatio[s][r])
+		}
+		if len(p.msgs) > 1 {
+			b.Log(line.String())
+		}
+	}
+	for s, name := range p.sides {
+		b.ReportMetric(median(rate[s]), name+"-msg/s")
+		b.ReportMetric(median(cpu[s]), name+"-cpu-ns/msg")
+	}
+	for s := range ad {
+		suffix := ""
+		if s > 0 {
+			suffix = "-of-" + p.sides[s]
+		}
+		b.ReportMetric(median(ratio[s]), "adapter-%"+suffix)
+		b.ReportMetric(median(cpuRatio[s]), "adapter-%-by-cpu"+suffix)
+	}
+}
 
 func benchQueue(b *testing.B, tr *sqstransport.Transport, topic string) (*sqs.Client, string) {
 	var c *sqs.Client
@@ -49,132 +157,144 @@ func benchQueue(b *testing.B, tr *sqstransport.Transport, topic string) (*sqs.Cl
 	return c, *out.QueueUrl
 }
 
-// side measures the raw SDK and the adapter in alternating chunks, so that
-// load from elsewhere on the machine falls on both alike, and reports each
-// one's msg/s and the adapter's share of the raw figure.
-type side struct {
-	raw, adapter, bare time.Duration
-}
-
-func (sd *side) report(b *testing.B, n int) {
-	r := float64(n) / sd.raw.Seconds()
-	a := float64(n) / sd.adapter.Seconds()
-	b.ReportMetric(r, "raw-msg/s")
-	b.ReportMetric(a, "adapter-msg/s")
-	b.ReportMetric(100*a/r, "adapter-%")
-	if sd.bare > 0 {
-		bare := float64(n) / sd.bare.Seconds()
-		b.ReportMetric(bare, "raw-bare-msg/s")
-		b.ReportMetric(100*a/bare, "adapter-%-of-bare")
+func purge(b *testing.B, c *sqs.Client, queues ...string) {
+	for _, qu := range queues {
+		if _, err := c.PurgeQueue(context.Background(), &sqs.PurgeQueueInput{QueueUrl: aws.String(qu)}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
-// round runs fs (raw, adapter[, raw bare]) in an order that rotates with i.
-func (sd *side) round(i int, fs ...func()) {
-	into := []*time.Duration{&sd.raw, &sd.adapter, &sd.bare}
-	for k := range fs {
-		j := (i + k) % len(fs)
-		t0 := time.Now()
-		fs[j]()
-		*into[j] += time.Since(t0)
-	}
-}
-
-// BenchmarkPublish compares Publish of 10 messages with SendMessageBatch
-// of 10 entries carrying the same body and, as courier must, the message
-// ID in a message attribute ("raw"); "raw-bare" sends the bodies alone.
-func BenchmarkPublish(b *testing.B) {
+func benchBody() []byte {
 	payload := make([]byte, benchPayload)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
+	return payload
+}
+
+// rawSend sends n messages of body to queue with SendMessageBatch, 10 per
+// call; withID adds the message ID as a String attribute, the least a
+// transport that keeps IDs must send.
+func rawSend(b *testing.B, c *sqs.Client, queue, body string, n int, withID bool) {
+	for k := 0; k < n; k += 10 {
+		m := min(10, n-k)
+		in := &sqs.SendMessageBatchInput{QueueUrl: aws.String(queue), Entries: make([]sqstypes.SendMessageBatchRequestEntry, m)}
+		for j := range m {
+			e := sqstypes.SendMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(j)), MessageBody: aws.String(body)}
+			if withID {
+				e.MessageAttributes = map[string]sqstypes.MessageAttributeValue{
+					"id": {DataType: aws.String("String"), StringValue: aws.String(message.NewID())},
+				}
+			}
+			in.Entries[j] = e
+		}
+		if _, err := c.SendMessageBatch(context.Background(), in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// adapterSend publishes n new messages of payload, 10 per Publish.
+func adapterSend(b *testing.B, tr *sqstransport.Transport, topic string, payload []byte, n int) {
+	batch := make([]*message.Message, 10)
+	for k := 0; k < n; k += 10 {
+		m := min(10, n-k)
+		for j := range m {
+			batch[j] = &message.Message{Payload: payload}
+		}
+		if err := tr.Publish(context.Background(), topic, batch[:m]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPublish compares Publish of 10 messages with SendMessageBatch
+// of 10 entries with the same bodies: "raw" sends the bodies alone (the
+// issue's baseline), "raw-id" adds the message ID in one attribute. Each
+// side publishes from one goroutine to a queue of its own; the queues are
+// purged between rounds (clock stopped), so every round starts alike.
+func BenchmarkPublish(b *testing.B) {
+	payload := benchBody()
 	body := string(payload)
 	rawTr := open(b, sqstransport.ModeSQS, sqstransport.Options{})
-	c, qu := benchQueue(b, rawTr, name(b))
-	_, quBare := benchQueue(b, rawTr, name(b))
+	c, quRaw := benchQueue(b, rawTr, name(b))
+	_, quID := benchQueue(b, rawTr, name(b))
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{})
 	topic := name(b)
-	benchQueue(b, tr, topic)
-	batch := make([]*message.Message, 10)
-	const chunk = 100
-	var sd side
-	rawSend := func(n int, queue string, withID bool) {
-		for k := 0; k < n; k += 10 {
-			m := min(10, n-k)
-			in := &sqs.SendMessageBatchInput{QueueUrl: aws.String(queue), Entries: make([]sqstypes.SendMessageBatchRequestEntry, m)}
-			for j := range m {
-				e := sqstypes.SendMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(j)), MessageBody: aws.String(body)}
-				if withID {
-					e.MessageAttributes = map[string]sqstypes.MessageAttributeValue{
-						"id": {DataType: aws.String("String"), StringValue: aws.String(message.NewID())},
+	_, quAdapter := benchQueue(b, tr, topic)
+	p := newPairing(b.N, "raw", "raw-id", "adapter")
+	const turn = 100
+	b.ResetTimer()
+	for r, n := range p.msgs {
+		for k := 0; k*turn < n; k++ {
+			m := min(turn, n-k*turn)
+			for _, s := range p.order(r*n + k) {
+				p.turn(r, s, func() {
+					switch s {
+					case 0:
+						rawSend(b, c, quRaw, body, m, false)
+					case 1:
+						rawSend(b, c, quID, body, m, true)
+					case 2:
+						adapterSend(b, tr, topic, payload, m)
 					}
-				}
-				in.Entries[j] = e
-			}
-			if _, err := c.SendMessageBatch(context.Background(), in); err != nil {
-				b.Fatal(err)
+				})
 			}
 		}
-	}
-	b.ResetTimer()
-	for i := 0; i*chunk < b.N; i++ {
-		n := min(chunk, b.N-i*chunk)
-		sd.round(i, func() { rawSend(n, qu, true) }, func() {
-			for k := 0; k < n; k += 10 {
-				m := min(10, n-k)
-				for j := range m {
-					batch[j] = &message.Message{Payload: payload}
-				}
-				if err := tr.Publish(context.Background(), topic, batch[:m]...); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}, func() { rawSend(n, quBare, false) })
+		b.StopTimer()
+		purge(b, c, quRaw, quID, quAdapter)
+		b.StartTimer()
 	}
 	b.StopTimer()
-	sd.report(b, b.N)
+	p.report(b)
 }
 
-// fill puts n messages in the topic's queue through the adapter.
-func fill(b *testing.B, tr *sqstransport.Transport, topic string, n int) {
-	payload := make([]byte, benchPayload)
-	batch := make([]*message.Message, 0, 100)
-	for i := 0; i < n; i++ {
-		batch = append(batch, &message.Message{ID: "bench", Payload: payload})
-		if len(batch) == cap(batch) || i == n-1 {
-			if err := tr.Publish(context.Background(), topic, batch...); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
-}
-
+// BenchmarkDrain compares a subscription emptying a backlog with
+// benchWorkers loops of ReceiveMessage (10) + DeleteMessageBatch: "raw"
+// drains bodies sent without attributes and asks for none (the issue's
+// baseline), "raw-id" drains bodies sent with the ID attribute and asks
+// for every message and system attribute, as the adapter does. Each round
+// fills the three queues (clock stopped), then each side drains its own;
+// the clock stops when every message is handled and deleted.
 func BenchmarkDrain(b *testing.B) {
+	payload := benchBody()
+	body := string(payload)
 	rawTr := open(b, sqstransport.ModeSQS, sqstransport.Options{})
-	rawTopic := name(b)
-	c, qu := benchQueue(b, rawTr, rawTopic)
+	c, quRaw := benchQueue(b, rawTr, name(b))
+	_, quID := benchQueue(b, rawTr, name(b))
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{Receivers: benchWorkers})
 	topic := name(b)
 	benchQueue(b, tr, topic)
-	const chunk = 2000
-	var sd side
+	p := newPairing(b.N, "raw", "raw-id", "adapter")
 	b.ResetTimer()
-	for i := 0; i*chunk < b.N; i++ {
-		n := min(chunk, b.N-i*chunk)
+	for r, n := range p.msgs {
 		b.StopTimer()
-		fill(b, rawTr, rawTopic, n)
-		fill(b, tr, topic, n)
+		rawSend(b, c, quRaw, body, n, false)
+		rawSend(b, c, quID, body, n, true)
+		adapterSend(b, tr, topic, payload, n)
 		b.StartTimer()
-		sd.round(i, func() { rawDrain(b, c, qu, n) }, func() { adapterDrain(b, tr, topic, n) })
+		for _, s := range p.order(r) {
+			p.turn(r, s, func() {
+				switch s {
+				case 0:
+					rawDrain(b, c, quRaw, n, false)
+				case 1:
+					rawDrain(b, c, quID, n, true)
+				case 2:
+					adapterDrain(b, tr, topic, n)
+				}
+			})
+		}
 	}
 	b.StopTimer()
-	sd.report(b, b.N)
+	p.report(b)
 }
 
 // rawDrain empties n messages with benchWorkers loops of ReceiveMessage
-// and DeleteMessageBatch.
-func rawDrain(b *testing.B, c *sqs.Client, qu string, n int) {
+// and DeleteMessageBatch; attrs asks for every message and system
+// attribute.
+func rawDrain(b *testing.B, c *sqs.Client, qu string, n int, attrs bool) {
 	var got atomic.Int64
 	var wg sync.WaitGroup
 	// Like the adapter's receivers, the loops stop as soon as all is in:
@@ -186,11 +306,12 @@ func rawDrain(b *testing.B, c *sqs.Client, qu string, n int) {
 		go func() {
 			defer wg.Done()
 			for got.Load() < int64(n) {
-				out, err := c.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-					QueueUrl: aws.String(qu), MaxNumberOfMessages: 10, WaitTimeSeconds: 1, VisibilityTimeout: 30,
-					MessageAttributeNames:       []string{"All"},
-					MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAll},
-				})
+				in := &sqs.ReceiveMessageInput{QueueUrl: aws.String(qu), MaxNumberOfMessages: 10, WaitTimeSeconds: 1, VisibilityTimeout: 30}
+				if attrs {
+					in.MessageAttributeNames = []string{"All"}
+					in.MessageSystemAttributeNames = []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAll}
+				}
+				out, err := c.ReceiveMessage(ctx, in)
 				if err != nil {
 					if ctx.Err() == nil {
 						b.Error(err)
@@ -200,11 +321,11 @@ func rawDrain(b *testing.B, c *sqs.Client, qu string, n int) {
 				if len(out.Messages) == 0 {
 					continue
 				}
-				in := &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(qu)}
+				del := &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(qu)}
 				for i, m := range out.Messages {
-					in.Entries = append(in.Entries, sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle})
+					del.Entries = append(del.Entries, sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle})
 				}
-				if _, err := c.DeleteMessageBatch(context.Background(), in); err != nil {
+				if _, err := c.DeleteMessageBatch(context.Background(), del); err != nil {
 					b.Error(err)
 					return
 				}

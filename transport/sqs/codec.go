@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/courierkit/courier/message"
@@ -50,25 +51,34 @@ type meta struct {
 	X     [][2]string       `json:"x,omitempty"` // base64 name, base64 value
 }
 
-// appendSimple writes md without headers as JSON, as encoding/json would
-// (the fields in the same order), without reflection: the common case of
-// every Publish.
-func (md *meta) appendSimple(b []byte) string {
-	b = append(b, `{"v":`...)
-	b = strconv.AppendInt(b, int64(md.V), 10)
-	for _, f := range [...]struct{ name, v string }{{"id", md.ID}, {"id64", md.ID64}, {"k", md.Key}, {"k64", md.Key64}, {"b", md.Body}} {
+// simple writes md without headers as JSON, as encoding/json would (the
+// fields in the same order), without reflection and in one allocation: the
+// common case of every Publish.
+func (md *meta) simple() string {
+	fields := [...]struct{ name, v string }{{"id", md.ID}, {"id64", md.ID64}, {"k", md.Key}, {"k64", md.Key64}, {"b", md.Body}}
+	n := len(`{"v":1}`)
+	for _, f := range fields {
 		if f.v != "" {
-			b = append(b, `,"`...)
-			b = append(b, f.name...)
-			b = append(b, `":`...)
-			b = appendJSONString(b, f.v)
+			n += len(`,"":""`) + len(f.name) + len(f.v)
 		}
 	}
-	b = append(b, '}')
-	return string(b)
+	var sb strings.Builder
+	sb.Grow(n) // exact unless a string needs escapes
+	sb.WriteString(`{"v":`)
+	sb.WriteString(strconv.Itoa(md.V))
+	for _, f := range fields {
+		if f.v != "" {
+			sb.WriteString(`,"`)
+			sb.WriteString(f.name)
+			sb.WriteString(`":`)
+			writeJSONString(&sb, f.v)
+		}
+	}
+	sb.WriteByte('}')
+	return sb.String()
 }
 
-// parseSimple reads what appendSimple writes when no string needs an
+// parseSimple reads what simple writes when no string needs an
 // escape: {"v":1,"id":"...",...} with the fields id, id64, k, k64 and b.
 // It reports false for anything else, which encoding/json then reads.
 func parseSimple(s string, md *meta) bool {
@@ -113,27 +123,38 @@ func parseSimple(s string, md *meta) bool {
 	return true
 }
 
-// appendJSONString quotes s, a valid UTF-8 string, as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
+// writeJSONString quotes s, a valid UTF-8 string, as a JSON string: as
+// encoding/json does with SetEscapeHTML(false), except that U+2028 and
+// U+2029 stay as they are (valid JSON either way).
+func writeJSONString(sb *strings.Builder, s string) {
 	const hex = "0123456789abcdef"
-	b = append(b, '"')
+	sb.WriteByte('"')
+	last := 0 // s[last:i] is still to be written
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c == '\n':
-			b = append(b, '\\', 'n')
-		case c == '\r':
-			b = append(b, '\\', 'r')
-		case c == '\t':
-			b = append(b, '\\', 't')
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		sb.WriteString(s[last:i])
+		last = i + 1
+		switch c {
+		case '"', '\\':
+			sb.WriteByte('\\')
+			sb.WriteByte(c)
+		case '\n':
+			sb.WriteString(`\n`)
+		case '\r':
+			sb.WriteString(`\r`)
+		case '\t':
+			sb.WriteString(`\t`)
 		default:
-			b = append(b, c)
+			sb.WriteString(`\u00`)
+			sb.WriteByte(hex[c>>4])
+			sb.WriteByte(hex[c&0xf])
 		}
 	}
-	return append(b, '"')
+	sb.WriteString(s[last:])
+	sb.WriteByte('"')
 }
 
 // safe reports whether s can travel as an SQS string as it is: valid UTF-8
@@ -149,18 +170,44 @@ func safe(s string) bool {
 			continue
 		}
 		r, n := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && n <= 1 {
-			return false
-		}
-		switch {
-		case r == 0x9 || r == 0xA || r == 0xD:
-		case r >= 0x20 && r <= 0xD7FF:
-		case r >= 0xE000 && r <= 0xFFFD:
-		case r >= 0x10000 && r <= 0x10FFFF:
-		default:
+		if !safeRune(r, n) {
 			return false
 		}
 		i += n
+	}
+	return true
+}
+
+// safeBytes is safe for a payload, without copying it to a string.
+func safeBytes(s []byte) bool {
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c < 0x20 && c != 0x9 && c != 0xA && c != 0xD {
+				return false
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(s[i:])
+		if !safeRune(r, n) {
+			return false
+		}
+		i += n
+	}
+	return true
+}
+
+// safeRune reports whether r, decoded from n bytes, is valid UTF-8 that
+// SQS accepts, for r outside ASCII.
+func safeRune(r rune, n int) bool {
+	switch {
+	case r == utf8.RuneError && n <= 1:
+		return false
+	case r >= 0x20 && r <= 0xD7FF:
+	case r >= 0xE000 && r <= 0xFFFD:
+	case r >= 0x10000 && r <= 0x10FFFF:
+	default:
+		return false
 	}
 	return true
 }
@@ -188,15 +235,47 @@ func attrNameOK(name string) bool {
 	return true
 }
 
-// wire is one message in SQS/SNS form.
+// wire is one message in SQS/SNS form: its body and at most 10 String
+// attributes, courier's own (meta) and the headers that travel as
+// attributes of their own (direct). The SDKs' attribute maps are built
+// from it per request (sqsAttrs, snsAttrs), pointing into it.
 type wire struct {
-	body  string
-	attrs map[string]sqstypes.MessageAttributeValue
-	size  int // bytes counted toward maxWireBytes
+	body   string
+	meta   string // the value of the courier attribute
+	direct []attr // at most maxDirect, in byte order of their names
+	size   int    // bytes counted toward maxWireBytes
 }
 
-// encode packs m into a body and at most 10 string attributes.
-func encode(m *message.Message) (wire, error) {
+// attr is one header sent as a String attribute of its own.
+type attr struct{ name, value string }
+
+// sqsAttrs is w's attributes for SendMessageBatch. The values point into
+// w, which must stay as it is until the request is sent.
+func (w *wire) sqsAttrs() map[string]sqstypes.MessageAttributeValue {
+	m := make(map[string]sqstypes.MessageAttributeValue, len(w.direct)+1)
+	for i := range w.direct {
+		a := &w.direct[i]
+		m[a.name] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: &a.value}
+	}
+	m[metaAttr] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: &w.meta}
+	return m
+}
+
+// snsAttrs is w's attributes for PublishBatch, like sqsAttrs.
+func (w *wire) snsAttrs() map[string]snstypes.MessageAttributeValue {
+	m := make(map[string]snstypes.MessageAttributeValue, len(w.direct)+1)
+	for i := range w.direct {
+		a := &w.direct[i]
+		m[a.name] = snstypes.MessageAttributeValue{DataType: &stringType, StringValue: &a.value}
+	}
+	m[metaAttr] = snstypes.MessageAttributeValue{DataType: &stringType, StringValue: &w.meta}
+	return m
+}
+
+// encode packs m into w: a body and at most 10 string attributes. It
+// allocates the body, the courier attribute and, only when m has headers,
+// the list of direct ones.
+func encode(m *message.Message, w *wire) error {
 	md := meta{V: 1}
 	if safe(m.ID) {
 		md.ID = m.ID
@@ -210,51 +289,51 @@ func encode(m *message.Message) (wire, error) {
 			md.Key64 = base64.StdEncoding.EncodeToString([]byte(m.Key))
 		}
 	}
-	var w wire
+	*w = wire{}
 	switch {
 	case len(m.Payload) == 0:
 		w.body, md.Body = emptyBody, "empty"
-	case safe(string(m.Payload)):
+	case safeBytes(m.Payload):
 		w.body = string(m.Payload)
 	default:
 		w.body, md.Body = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 	}
-	w.attrs = make(map[string]sqstypes.MessageAttributeValue, min(len(m.Headers)+1, maxAttrs))
-	names := make([]string, 0, len(m.Headers))
-	for k := range m.Headers {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	for _, k := range names {
-		v := m.Headers[k]
-		switch {
-		case len(w.attrs) < maxDirect && attrNameOK(k) && v != "" && safe(v):
-			w.attrs[k] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: ptr(v)}
-			w.size += len(k) + len("String") + len(v)
-		case safe(k) && safe(v):
-			if md.H == nil {
-				md.H = make(map[string]string)
+	if len(m.Headers) > 0 {
+		names := make([]string, 0, len(m.Headers))
+		for k := range m.Headers {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		w.direct = make([]attr, 0, min(len(names), maxDirect))
+		for _, k := range names {
+			v := m.Headers[k]
+			switch {
+			case len(w.direct) < maxDirect && attrNameOK(k) && v != "" && safe(v):
+				w.direct = append(w.direct, attr{k, v})
+				w.size += len(k) + len("String") + len(v)
+			case safe(k) && safe(v):
+				if md.H == nil {
+					md.H = make(map[string]string)
+				}
+				md.H[k] = v
+			default:
+				md.X = append(md.X, [2]string{base64.StdEncoding.EncodeToString([]byte(k)), base64.StdEncoding.EncodeToString([]byte(v))})
 			}
-			md.H[k] = v
-		default:
-			md.X = append(md.X, [2]string{base64.StdEncoding.EncodeToString([]byte(k)), base64.StdEncoding.EncodeToString([]byte(v))})
 		}
 	}
-	var mv string
 	if md.H == nil && md.X == nil {
-		mv = md.appendSimple(make([]byte, 0, 32+len(md.ID)+len(md.Key)+len(md.ID64)+len(md.Key64)))
+		w.meta = md.simple()
 	} else {
 		var sb strings.Builder
 		enc := json.NewEncoder(&sb)
 		enc.SetEscapeHTML(false)
 		if err := enc.Encode(md); err != nil {
-			return wire{}, fmt.Errorf("sqstransport: encode attributes: %w", err)
+			return fmt.Errorf("sqstransport: encode attributes: %w", err)
 		}
-		mv = strings.TrimSuffix(sb.String(), "\n")
+		w.meta = strings.TrimSuffix(sb.String(), "\n")
 	}
-	w.attrs[metaAttr] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: &mv}
-	w.size += len(metaAttr) + len("String") + len(mv) + len(w.body)
-	return w, nil
+	w.size += len(metaAttr) + len("String") + len(w.meta) + len(w.body)
+	return nil
 }
 
 // decode turns a received SQS message back into a courier Message. A
@@ -379,14 +458,12 @@ func fifoToken(s string) string {
 }
 
 // checkWire reports a message too large for SQS/SNS once encoded.
-func checkWire(i int, m *message.Message, w wire) error {
+func checkWire(i int, m *message.Message, w *wire) error {
 	if w.size > maxWireBytes {
 		return &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: w.size, Limit: maxWireBytes}
 	}
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // stringType is the DataType of every attribute courier sends; the SDK
 // only reads it, so one value is shared.

@@ -1,8 +1,10 @@
 package sqstransport
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 
@@ -31,23 +33,24 @@ func TestCodec(t *testing.T) {
 		{ID: "hdrs", Key: "ключ", Headers: h, Payload: []byte("\uffff not sqs-safe")},
 	}
 	for _, m := range msgs {
-		w, err := encode(m)
-		if err != nil {
+		var w wire
+		if err := encode(m, &w); err != nil {
 			t.Fatal(err)
 		}
-		if len(w.attrs) > maxAttrs {
-			t.Errorf("%q: %d attributes", m.ID, len(w.attrs))
+		attrs := w.sqsAttrs()
+		if len(attrs) > maxAttrs || len(w.snsAttrs()) != len(attrs) {
+			t.Errorf("%q: %d attributes (%d for SNS)", m.ID, len(attrs), len(w.snsAttrs()))
 		}
 		if !safe(w.body) || w.body == "" {
 			t.Errorf("%q: body %q cannot travel", m.ID, w.body)
 		}
-		for k, v := range w.attrs {
+		for k, v := range attrs {
 			if !safe(*v.StringValue) || *v.StringValue == "" {
 				t.Errorf("%q: attribute %q value %q cannot travel", m.ID, k, *v.StringValue)
 			}
 		}
 		id := "sqs-id"
-		got, err := decode(&sqstypes.Message{MessageId: &id, Body: &w.body, MessageAttributes: w.attrs})
+		got, err := decode(&sqstypes.Message{MessageId: &id, Body: &w.body, MessageAttributes: attrs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,21 +114,39 @@ func BenchmarkEncode(b *testing.B) {
 		if err := transport.PreparePublish("topic", []*message.Message{m}, transport.Limits{MaxPayload: maxPayloadAnyBytes}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := encode(m); err != nil {
+		var w wire
+		if err := encode(m, &w); err != nil {
 			b.Fatal(err)
+		}
+		_ = w.sqsAttrs()
+	}
+}
+
+func TestSimple(t *testing.T) {
+	for _, md := range []meta{
+		{V: 1, ID: "plain"},
+		{V: 1, ID: `q"uo\te` + "\t\n\r", Key: "ключ 🔑", Body: "base64"},
+		{V: 1, ID: "ctl\x01\x1f\x7f<&>", Key: `\\`},
+		{V: 1, ID64: "AA==", Key64: "AQ==", Body: "empty"},
+	} {
+		raw, _ := json.Marshal(md)
+		// encoding/json as the JSON path uses it, with SetEscapeHTML(false)
+		want := strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&").Replace(string(raw))
+		if got := md.simple(); got != want {
+			t.Errorf("simple = %s, want %s", got, want)
+		}
+		var back meta
+		if err := json.Unmarshal([]byte(md.simple()), &back); err != nil || back.ID != md.ID || back.Key != md.Key || back.ID64 != md.ID64 || back.Key64 != md.Key64 || back.Body != md.Body {
+			t.Errorf("%s read back as %+v, %v", md.simple(), back, err)
 		}
 	}
 }
 
-func TestAppendSimple(t *testing.T) {
-	for _, md := range []meta{
-		{V: 1, ID: "plain"},
-		{V: 1, ID: `q"uo\te` + "\t\n\r", Key: "ключ 🔑", Body: "base64"},
-		{V: 1, ID64: "AA==", Key64: "AQ==", Body: "empty"},
-	} {
-		want, _ := json.Marshal(md)
-		if got := md.appendSimple(nil); got != string(want) {
-			t.Errorf("appendSimple = %s, want %s", got, want)
+// TestSafeBytes: the payload check agrees with the string one.
+func TestSafeBytes(t *testing.T) {
+	for _, s := range []string{"", "plain", "tab\tnl\ncr\r", "nul\x00", "\x1f", "ü€🔑", "\uffff", "\ufffd", "\xff", "\xed\xa0\x80", "\U0010ffff", "a\xc3"} {
+		if safeBytes([]byte(s)) != safe(s) {
+			t.Errorf("safeBytes(%q) = %v, safe = %v", s, safeBytes([]byte(s)), safe(s))
 		}
 	}
 }
@@ -187,8 +208,8 @@ func TestParseSimple(t *testing.T) {
 		{V: 1, ID64: "AA==", Key64: "AQ==", Body: "empty"},
 	} {
 		var got meta
-		if !parseSimple(md.appendSimple(nil), &got) || got.ID != md.ID || got.ID64 != md.ID64 || got.Key != md.Key || got.Key64 != md.Key64 || got.Body != md.Body {
-			t.Errorf("parseSimple(%s) = %+v", md.appendSimple(nil), got)
+		if !parseSimple(md.simple(), &got) || got.ID != md.ID || got.ID64 != md.ID64 || got.Key != md.Key || got.Key64 != md.Key64 || got.Body != md.Body {
+			t.Errorf("parseSimple(%s) = %+v", md.simple(), got)
 		}
 	}
 	for _, s := range []string{`{"v":1,"id":"a\"b"}`, `{"v":2,"id":"x"}`, `{"v":1,"h":{"a":"b"}}`, `{"v":1,"id":"x"`, `{"v":1,"zz":"x"}`} {
@@ -200,12 +221,67 @@ func TestParseSimple(t *testing.T) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	w, _ := encode(&message.Message{ID: message.NewID(), Key: "k", Payload: make([]byte, 256)})
+	var w wire
+	_ = encode(&message.Message{ID: message.NewID(), Key: "k", Payload: make([]byte, 256)}, &w)
+	attrs := w.sqsAttrs()
 	id := "x"
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := decode(&sqstypes.Message{MessageId: &id, Body: &w.body, MessageAttributes: w.attrs}); err != nil {
+		if _, err := decode(&sqstypes.Message{MessageId: &id, Body: &w.body, MessageAttributes: attrs}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestWireCompat pins the wire format: bodies and attributes as the codec
+// wrote them before the encoder was rewritten for speed (2026-11-22).
+// The encoder must still write exactly these, and decode must read them,
+// so that messages already in queues and consumers of either version keep
+// working.
+func TestWireCompat(t *testing.T) {
+	golden := []struct {
+		m     *message.Message
+		body  string
+		attrs map[string]string
+	}{
+		{&message.Message{ID: "019a8b1c-2d3e-7f40-8a5b-6c7d8e9f0a1b", Payload: []byte("hello")},
+			"hello", map[string]string{"courier": "{\"v\":1,\"id\":\"019a8b1c-2d3e-7f40-8a5b-6c7d8e9f0a1b\"}"}},
+		{&message.Message{ID: "k1", Key: "order-42", Payload: []byte(`{"json":"body"}`)},
+			"{\"json\":\"body\"}", map[string]string{"courier": "{\"v\":1,\"id\":\"k1\",\"k\":\"order-42\"}"}},
+		{&message.Message{ID: "empty", Payload: nil},
+			"-", map[string]string{"courier": "{\"v\":1,\"id\":\"empty\",\"b\":\"empty\"}"}},
+		{&message.Message{ID: "bin\x00", Key: "k\xff", Payload: []byte{0, 0xff, 0xfe, 1}},
+			"AP/+AQ==", map[string]string{"courier": "{\"v\":1,\"id64\":\"YmluAA==\",\"k64\":\"a/8=\",\"b\":\"base64\"}"}},
+		{&message.Message{ID: `q"uote`, Key: "ключ", Payload: []byte("\t\n")},
+			"\t\n", map[string]string{"courier": "{\"v\":1,\"id\":\"q\\\"uote\",\"k\":\"ключ\"}"}},
+		{&message.Message{ID: "hdrs", Headers: message.Header{"traceparent": "00-abc-def-01", "a": "1", "bad name": "x", "ctl": "a\x00b", "": "", "z.z": ""}, Payload: []byte("p")},
+			"p", map[string]string{"a": "1", "traceparent": "00-abc-def-01", "courier": "{\"v\":1,\"id\":\"hdrs\",\"h\":{\"\":\"\",\"bad name\":\"x\",\"z.z\":\"\"},\"x\":[[\"Y3Rs\",\"YQBi\"]]}"}},
+		{&message.Message{ID: "many", Headers: message.Header{"h01": "1", "h02": "2", "h03": "3", "h04": "4", "h05": "5", "h06": "6", "h07": "7", "h08": "8", "h09": "9", "h10": "10", "h11": "11"}, Payload: []byte("p")},
+			"p", map[string]string{"h01": "1", "h06": "6", "h07": "7", "h08": "8", "h09": "9", "h02": "2", "h03": "3", "h04": "4", "h05": "5", "courier": "{\"v\":1,\"id\":\"many\",\"h\":{\"h10\":\"10\",\"h11\":\"11\"}}"}},
+	}
+	for _, g := range golden {
+		var w wire
+		if err := encode(g.m, &w); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for k, v := range w.sqsAttrs() {
+			got[k] = *v.StringValue
+		}
+		if w.body != g.body || !maps.Equal(got, g.attrs) {
+			t.Errorf("%q encodes as %q %q, want %q %q", g.m.ID, w.body, got, g.body, g.attrs)
+		}
+		attrs := map[string]sqstypes.MessageAttributeValue{}
+		for k, v := range g.attrs {
+			attrs[k] = sqstypes.MessageAttributeValue{DataType: &stringType, StringValue: &v}
+		}
+		id := "sqs-id"
+		m, err := decode(&sqstypes.Message{MessageId: &id, Body: &g.body, MessageAttributes: attrs})
+		if err != nil {
+			t.Fatalf("%q: %v", g.m.ID, err)
+		}
+		if m.ID != g.m.ID || m.Key != g.m.Key || !bytes.Equal(m.Payload, g.m.Payload) && len(g.m.Payload) > 0 || !maps.Equal(m.Headers, g.m.Headers) && len(g.m.Headers) > 0 {
+			t.Errorf("%q decodes as %+v", g.m.ID, m)
 		}
 	}
 }

@@ -96,16 +96,17 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 	if len(msgs) == 0 {
 		return nil
 	}
+	// Encoded in place: the requests point into entries.
 	entries := make([]entry, len(msgs))
 	for i, m := range msgs {
-		w, err := encode(m)
-		if err != nil {
+		e := &entries[i]
+		e.idx, e.m = i, m
+		if err := encode(m, &e.w); err != nil {
 			return err
 		}
-		if err := checkWire(i, m, w); err != nil {
+		if err := checkWire(i, m, &e.w); err != nil {
 			return err
 		}
-		entries[i] = entry{idx: i, m: m, w: w}
 	}
 	var send func(context.Context, []entry) ([]EntryError, error)
 	if t.o.Mode == ModeSNS {
@@ -115,34 +116,39 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		}
 		send = func(ctx context.Context, es []entry) ([]EntryError, error) { return t.sendSNS(ctx, arn, es) }
 	} else {
-		qn := t.queueName(topic, "")
-		attrs, err := t.queueAttrs(ctx, qn)
-		if err != nil {
-			return err
-		}
-		qu, err := t.queueURL(ctx, qn, true, attrs)
+		qu, err := t.topicQueueURL(ctx, topic)
 		if err != nil {
 			return err
 		}
 		send = func(ctx context.Context, es []entry) ([]EntryError, error) { return t.sendSQS(ctx, qu, es) }
 	}
-	// Batches of at most 10 entries and 256 KiB.
+	// Batches of at most 10 entries and 256 KiB: runs of entries, in order.
 	per := maxBatch
 	if t.o.Goaws && t.o.Mode == ModeSNS {
 		per = maxBatch - 1 // see Options.Goaws
 	}
-	var batches [][]entry
-	var cur []entry
-	size := 0
-	for _, e := range entries {
-		if len(cur) == per || len(cur) > 0 && size+e.w.size > maxWireBytes {
-			batches = append(batches, cur)
-			cur, size = nil, 0
+	if len(entries) <= per && totalSize(entries) <= maxWireBytes {
+		// One request, the common case: no goroutine, no bookkeeping.
+		failed, err := t.sendWithRetry(ctx, entries, send)
+		if err != nil {
+			return err
 		}
-		cur = append(cur, e)
-		size += e.w.size
+		if len(failed) > 0 {
+			sortEntries(failed)
+			return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
+		}
+		return nil
 	}
-	batches = append(batches, cur)
+	batches := make([][]entry, 0, (len(entries)+per-1)/per)
+	start, size := 0, 0
+	for i := range entries {
+		if n := i - start; n == per || n > 0 && size+entries[i].w.size > maxWireBytes {
+			batches = append(batches, entries[start:i:i])
+			start, size = i, 0
+		}
+		size += entries[i].w.size
+	}
+	batches = append(batches, entries[start:])
 
 	var (
 		mu     sync.Mutex
@@ -158,10 +164,10 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		}
 		failed = append(failed, f...)
 	}
-	if t.o.FIFO || len(batches) == 1 {
+	if t.o.FIFO {
 		for k, b := range batches {
 			run(b)
-			if ctxErr != nil || len(failed) > 0 && t.o.FIFO {
+			if ctxErr != nil || len(failed) > 0 {
 				// FIFO: nothing after a failed batch is sent.
 				for _, later := range batches[k+1:] {
 					for _, e := range later {
@@ -192,6 +198,32 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 		return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
 	}
 	return nil
+}
+
+func totalSize(es []entry) int {
+	n := 0
+	for i := range es {
+		n += es[i].w.size
+	}
+	return n
+}
+
+// topicQueueURL is the URL of a topic's queue in ModeSQS, created (with
+// the redrive policy, when configured) the first time; later calls read
+// the cache without building the queue's attributes again.
+func (t *Transport) topicQueueURL(ctx context.Context, topic string) (string, error) {
+	qn := t.queueName(topic, "")
+	t.nameMu.Lock()
+	u, ok := t.queues[qn]
+	t.nameMu.Unlock()
+	if ok {
+		return u, nil
+	}
+	attrs, err := t.queueAttrs(ctx, qn)
+	if err != nil {
+		return "", err
+	}
+	return t.queueURL(ctx, qn, true, attrs)
 }
 
 func sortEntries(f []EntryError) {
@@ -243,22 +275,32 @@ func (t *Transport) sendWithRetry(ctx context.Context, b []entry, send func(cont
 	}
 }
 
-func fifoIDs(e entry) (group, dedup *string) {
-	g := e.m.Key
+func fifoIDs(m *message.Message) (group, dedup *string) {
+	g := m.Key
 	if g == "" {
-		g = e.m.ID // unordered: every message its own group
+		g = m.ID // unordered: every message its own group
 	}
-	return aws.String(fifoToken(g)), aws.String(fifoToken(e.m.ID))
+	return aws.String(fifoToken(g)), aws.String(fifoToken(m.ID))
 }
 
+// entryIDs are the batch entry IDs "0" to "9", shared by every request
+// (the SDK only reads them).
+var entryIDs = func() (ids [maxBatch]string) {
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	return ids
+}()
+
 func (t *Transport) sendSQS(ctx context.Context, qu string, b []entry) ([]EntryError, error) {
-	in := &sqs.SendMessageBatchInput{QueueUrl: aws.String(qu), Entries: make([]sqstypes.SendMessageBatchRequestEntry, len(b))}
-	for i, e := range b {
-		re := sqstypes.SendMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), MessageBody: aws.String(e.w.body), MessageAttributes: e.w.attrs}
+	in := &sqs.SendMessageBatchInput{QueueUrl: &qu, Entries: make([]sqstypes.SendMessageBatchRequestEntry, len(b))}
+	for i := range b {
+		e := &b[i]
+		re := &in.Entries[i]
+		re.Id, re.MessageBody, re.MessageAttributes = &entryIDs[i], &e.w.body, e.w.sqsAttrs()
 		if t.o.FIFO {
-			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e)
+			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e.m)
 		}
-		in.Entries[i] = re
 	}
 	out, err := t.sqs.SendMessageBatch(ctx, in)
 	if err != nil {
@@ -272,17 +314,14 @@ func (t *Transport) sendSQS(ctx context.Context, qu string, b []entry) ([]EntryE
 }
 
 func (t *Transport) sendSNS(ctx context.Context, arn string, b []entry) ([]EntryError, error) {
-	in := &sns.PublishBatchInput{TopicArn: aws.String(arn), PublishBatchRequestEntries: make([]snstypes.PublishBatchRequestEntry, len(b))}
-	for i, e := range b {
-		attrs := make(map[string]snstypes.MessageAttributeValue, len(e.w.attrs))
-		for k, v := range e.w.attrs {
-			attrs[k] = snstypes.MessageAttributeValue{DataType: v.DataType, StringValue: v.StringValue}
-		}
-		re := snstypes.PublishBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), Message: aws.String(e.w.body), MessageAttributes: attrs}
+	in := &sns.PublishBatchInput{TopicArn: &arn, PublishBatchRequestEntries: make([]snstypes.PublishBatchRequestEntry, len(b))}
+	for i := range b {
+		e := &b[i]
+		re := &in.PublishBatchRequestEntries[i]
+		re.Id, re.Message, re.MessageAttributes = &entryIDs[i], &e.w.body, e.w.snsAttrs()
 		if t.o.FIFO {
-			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e)
+			re.MessageGroupId, re.MessageDeduplicationId = fifoIDs(e.m)
 		}
-		in.PublishBatchRequestEntries[i] = re
 	}
 	out, err := t.sns.PublishBatch(ctx, in)
 	if err != nil {

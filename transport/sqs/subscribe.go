@@ -601,7 +601,7 @@ func (a *acker) Term(ctx context.Context, reason string) error {
 	}
 	in := &sqs.SendMessageInput{QueueUrl: aws.String(s.redrive), MessageBody: sm.Body, MessageAttributes: sm.MessageAttributes}
 	if s.t.o.FIFO {
-		in.MessageGroupId, in.MessageDeduplicationId = fifoIDs(entry{m: a.inf.m})
+		in.MessageGroupId, in.MessageDeduplicationId = fifoIDs(a.inf.m)
 	}
 	if _, err := s.t.sqs.SendMessage(ctx, in); err != nil {
 		// Keep it: SQS's own redrive moves it after MaxReceiveCount.
