@@ -128,6 +128,15 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	sctx := ctx
 	var span trace.Span = tracenoop.Span{}
 	if tracing {
+		parent := ctx
+		var link trace.Link
+		if len(m.Headers) > 0 {
+			if rctx := i.prop.Extract(ctx, HeaderCarrier(m.Headers)); o.LinkOnly {
+				link.SpanContext = trace.SpanContextFromContext(rctx)
+			} else {
+				parent = rctx
+			}
+		}
 		sa := getSpanArgs()
 		attrs := append(sa.attrs,
 			semconv.MessagingSystemKey.String(system),
@@ -138,25 +147,34 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		if group != "" {
 			attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(group))
 		}
+		// The rest is per message. Under a parent that was not sampled
+		// (the usual sampler, ParentBased, records nothing there) it is
+		// added only if the span turns out to record, sparing the
+		// tracer a copy of attributes it would drop.
+		lazy := unsampled(parent)
+		nStart := len(attrs)
 		attrs = messageAttrs(attrs, system, m)
 		if m.Attempt > 0 {
 			attrs = append(attrs, AttemptKey.Int(m.Attempt))
 		}
-		if o.Attributes != nil {
+		if o.Attributes != nil && !lazy {
 			attrs = append(attrs, o.Attributes(ctx, m)...)
 		}
-		parent := ctx
-		opts := append(sa.opts, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
-		if len(m.Headers) > 0 {
-			if rctx := i.prop.Extract(ctx, HeaderCarrier(m.Headers)); o.LinkOnly {
-				if rsc := trace.SpanContextFromContext(rctx); rsc.IsValid() {
-					opts = append(opts, trace.WithLinks(trace.Link{SpanContext: rsc}))
-				}
-			} else {
-				parent = rctx
-			}
+		startAttrs := attrs
+		if lazy {
+			startAttrs = attrs[:nStart]
+		}
+		opts := append(sa.opts, consumerKind, trace.WithAttributes(startAttrs...))
+		if link.SpanContext.IsValid() {
+			opts = append(opts, trace.WithLinks(link))
 		}
 		sctx, span = i.tracer.Start(parent, names.span, opts...)
+		if lazy && span.IsRecording() {
+			if o.Attributes != nil {
+				attrs = append(attrs, o.Attributes(ctx, m)...)
+			}
+			span.SetAttributes(attrs[nStart:]...)
+		}
 		sa.attrs, sa.opts = attrs, opts
 		putSpanArgs(sa)
 	} else if _, ok := m.Headers[message.HeaderTraceParent]; ok && !o.LinkOnly {
@@ -166,7 +184,7 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	var okOpt metric.MeasurementOption // the attribute set without error.type
 	if measure {
 		okOpt = names.ok
-		i.consumed.Add(ctx, 1, okOpt)
+		i.consumed.Add(ctx, 1, names.add...)
 	}
 	if m.Attempt > 1 {
 		span.AddEvent(EventRedelivered, trace.WithAttributes(AttemptKey.Int(m.Attempt)))
@@ -196,11 +214,11 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		span.SetAttributes(OutcomeKey.String("nack"), semconv.ErrorTypeKey.String(et))
 	}
 	if measure {
-		opt := okOpt
-		if et != "" {
-			opt = i.metricOpt(system, "process", "process", topic, group, et)
+		if et == "" {
+			i.processDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
+		} else {
+			i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "process", topic, group, et))
 		}
-		i.processDur.Record(ctx, time.Since(start).Seconds(), opt)
 	}
 	span.End()
 	return err

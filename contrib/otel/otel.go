@@ -273,6 +273,21 @@ func (i *Instrumentation) metering() bool {
 	return !isNoop
 }
 
+// Span kinds as start options, made once (each conversion to the option
+// interface would be an allocation per span).
+var (
+	producerKind = trace.WithSpanKind(trace.SpanKindProducer)
+	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+)
+
+// unsampled reports whether ctx holds a valid span context that is not
+// sampled: a child started there is not recorded by a ParentBased
+// sampler, the usual one.
+func unsampled(ctx context.Context) bool {
+	sc := trace.SpanContextFromContext(ctx)
+	return sc.IsValid() && !sc.IsSampled()
+}
+
 // Tracer is the Instrumentation's tracer, for spans of your own in the
 // same scope.
 func (i *Instrumentation) Tracer() trace.Tracer { return i.tracer }
@@ -404,6 +419,10 @@ type opNames struct {
 	topic, group string
 	span         string
 	ok           metric.MeasurementOption
+	// ok as the variadic arguments of Add and Record: passing a slice
+	// that exists spares the allocation of one per call.
+	add []metric.AddOption
+	rec []metric.RecordOption
 }
 
 // namesFor returns last's names when they are for topic and group, else
@@ -414,6 +433,7 @@ func (i *Instrumentation) namesFor(last *atomic.Pointer[opNames], system, op, to
 	}
 	n := &opNames{topic: topic, group: group, span: op + " " + topic,
 		ok: i.metricOpt(system, op, op, topic, group, "")}
+	n.add, n.rec = []metric.AddOption{n.ok}, []metric.RecordOption{n.ok}
 	last.Store(n)
 	return n
 }

@@ -130,6 +130,14 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 		return err
 	}
 
+	single := len(msgs) == 1 && msgs[0] != nil
+	parent := ctx
+	if single {
+		parent = i.parentFor(ctx, msgs[0])
+	}
+	// As for process spans: under an unsampled parent the per-message
+	// attributes are added only if the span records.
+	lazy := single && unsampled(parent)
 	sa := getSpanArgs()
 	attrs := append(sa.attrs,
 		semconv.MessagingSystemKey.String(system),
@@ -137,7 +145,8 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 		semconv.MessagingOperationTypeKey.String("send"),
 		semconv.MessagingDestinationNameKey.String(topic),
 	)
-	if len(msgs) == 1 && msgs[0] != nil {
+	nStart := len(attrs)
+	if single {
 		attrs = messageAttrs(attrs, system, msgs[0])
 	} else if len(msgs) > 1 {
 		attrs = append(attrs, semconv.MessagingBatchMessageCountKey.Int(len(msgs)))
@@ -164,7 +173,7 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 				semconv.MessagingDestinationNameKey.String(topic),
 			)
 			cattrs = messageAttrs(cattrs, system, m)
-			copts := append(ca.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(cattrs...))
+			copts := append(ca.opts, producerKind, trace.WithAttributes(cattrs...))
 			cctx, cs := i.tracer.Start(cparent, createName, copts...)
 			ca.attrs, ca.opts = cattrs, copts
 			putSpanArgs(ca)
@@ -181,18 +190,21 @@ func (i *Instrumentation) publish(ctx context.Context, p *Publisher, topic strin
 		}
 	}
 
-	opts := append(sa.opts, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	startAttrs := attrs
+	if lazy {
+		startAttrs = attrs[:nStart]
+	}
+	opts := append(sa.opts, producerKind, trace.WithAttributes(startAttrs...))
 	if len(links) > 0 {
 		opts = append(opts, trace.WithLinks(links...))
 	}
-	parent := ctx
-	if len(msgs) == 1 && msgs[0] != nil {
-		parent = i.parentFor(ctx, msgs[0])
-	}
 	sctx, span := i.tracer.Start(parent, names.span, opts...)
+	if lazy && span.IsRecording() {
+		span.SetAttributes(attrs[nStart:]...)
+	}
 	sa.attrs, sa.opts = attrs, opts
 	putSpanArgs(sa)
-	if len(msgs) == 1 && msgs[0] != nil {
+	if single {
 		c, ok := i.carry(sctx, msgs[0], limits)
 		if !ok {
 			dropped++
@@ -236,10 +248,12 @@ func (i *Instrumentation) parentFor(ctx context.Context, m *message.Message) con
 }
 
 func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, names *opNames, system, topic string, n int, err error) {
-	opt := names.ok
-	if err != nil {
-		opt = i.metricOpt(system, "send", "send", topic, "", errorType(err))
+	if err == nil {
+		i.sent.Add(ctx, int64(n), names.add...)
+		i.opDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
+		return
 	}
+	opt := i.metricOpt(system, "send", "send", topic, "", errorType(err))
 	i.sent.Add(ctx, int64(n), opt)
 	i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
 }
