@@ -48,7 +48,9 @@ type MemoryStoreOptions struct {
 // collector does not scan them and a lookup compares the hash in place.
 // Two different keys are taken for one with a probability of about
 // 2⁻¹²⁸ per pair (for 10⁵ keys, about 10⁻²⁹), two tokens of one key
-// with about 2⁻⁶³.
+// with about 2⁻⁶³. Two keys whose hashes agree in the first 64 bits only
+// (about 10⁻¹⁰ for 10⁵ keys) share a slot: the later write makes the
+// earlier key forgotten, as if evicted, never taken for the other.
 type MemoryStore struct {
 	keySeed1, keySeed2, tokSeed maphash.Seed
 	retention                   time.Duration
