@@ -3,6 +3,7 @@ package sqstransport_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,23 +25,28 @@ import (
 // The raw SDK and the adapter side by side, on the same emulator, the same
 // payload (benchPayload bytes) and the same batching, in one run:
 //
-//	go test -run '^$' -bench 'Publish$|Drain$' -benchtime 21000x ./transport/sqs
+//	go test -run '^$' -bench 'Publish$' -benchtime 90000x ./transport/sqs
+//	go test -run '^$' -bench 'Drain$' -benchtime 30000x ./transport/sqs
 //
-// b.N is the number of messages each side handles, split into benchRounds
-// rounds. Within a round the sides take turns (publish: 100 messages per
-// turn; drain: one turn per side, the backlog filled beforehand with the
-// clock stopped), the order rotating from turn to turn, so that load from
-// elsewhere on the machine falls on every side alike. Each round logs every
-// side's msg/s and process CPU per message; the reported metrics are the
-// medians over the rounds, and adapter-% is the median of the per-round
-// ratios adapter/raw. The process CPU (cpu-ns/msg) counts the client,
-// goaws (in process) and the garbage collector together; adapter-%-by-cpu
-// is raw's CPU per message over the adapter's, the share of raw's
-// throughput the adapter's cost allows when the machine is the limit.
+// b.N is the number of messages each side handles, in rounds of
+// publishRound or drainRound messages per side (9 and 15 rounds above).
+// Within a round the sides take turns, the order rotating from turn to
+// turn, so that load from elsewhere on the machine falls on every side
+// alike: publish turns of 100 messages; drain one turn per side, each
+// side's backlog filled beforehand with the clock stopped. Each round
+// logs every side's msg/s, its process CPU per message and the adapter's
+// ratios; the metrics are the medians over the rounds (adapter-% is the
+// median of the per-round ratios adapter/raw, not a ratio of medians).
+// The process CPU (cpu-ns/msg) counts the client, goaws (in process) and
+// the garbage collector together; adapter-%-by-cpu is raw's CPU per
+// message over the adapter's: the share of raw's throughput the adapter's
+// cost allows when the machine is the limit. It moves less with load from
+// other processes than the wall-clock figures do.
 const (
 	benchPayload = 256
 	benchWorkers = 4
-	benchRounds  = 7
+	publishRound = 10000
+	drainRound   = 2000
 )
 
 // pairing collects the wall-clock and process CPU time of each side in each
@@ -53,12 +59,10 @@ type pairing struct {
 	cpu   [][]time.Duration
 }
 
-// newPairing splits n messages per side into rounds.
-func newPairing(n int, sides ...string) *pairing {
-	rounds := benchRounds
-	if n < 10*rounds {
-		rounds = 1 // testing's first call, b.N = 1
-	}
+// newPairing splits n messages per side into rounds of about per
+// messages (at least one round).
+func newPairing(n, per int, sides ...string) *pairing {
+	rounds := max(1, n/per)
 	p := &pairing{sides: sides}
 	for r := range rounds {
 		p.msgs = append(p.msgs, n/rounds+btoi(r < n%rounds))
@@ -102,7 +106,9 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// report logs every round and reports the medians.
+// report logs every round's figures and reports the medians. testing
+// keeps ten lines of a benchmark's log, so each line is one figure over
+// all rounds, in round order.
 func (p *pairing) report(b *testing.B) {
 	ad := len(p.sides) - 1
 	rate := make([][]float64, len(p.sides)) // [side][round]
@@ -111,21 +117,32 @@ func (p *pairing) report(b *testing.B) {
 	cpuRatio := make([][]float64, ad)
 	for r := range p.msgs {
 		n := float64(p.msgs[r])
-		var line strings.Builder
-		fmt.Fprintf(&line, "round %d (%d msgs per side):", r+1, p.msgs[r])
-		for s, name := range p.sides {
+		for s := range p.sides {
 			rate[s] = append(rate[s], n/p.wall[r][s].Seconds())
 			cpu[s] = append(cpu[s], float64(p.cpu[r][s].Nanoseconds())/n)
-			fmt.Fprintf(&line, " %s %.0f msg/s %.0f cpu-ns/msg |", name, rate[s][r], cpu[s][r])
 		}
 		for s := range ad {
 			ratio[s] = append(ratio[s], 100*rate[ad][r]/rate[s][r])
 			cpuRatio[s] = append(cpuRatio[s], 100*cpu[s][r]/cpu[ad][r])
-			fmt.Fprintf(&line, " adapter/%s %.1f%% (by cpu %.1f%%)", p.sides[s], ratio[s][r], cpuRatio[s][r])
 		}
-		if len(p.msgs) > 1 {
-			b.Log(line.String())
+	}
+	line := func(name, format string, xs []float64) {
+		if len(xs) < 2 {
+			return // testing's first call, b.N = 1
 		}
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "%-26s median %s, rounds:", name, fmt.Sprintf(format, median(xs)))
+		for _, x := range xs {
+			sb.WriteString(" " + fmt.Sprintf(format, x))
+		}
+		b.Log(sb.String())
+	}
+	for s := range ad {
+		line("adapter/"+p.sides[s]+" %", "%.1f", ratio[s])
+		line("adapter/"+p.sides[s]+" % by cpu", "%.1f", cpuRatio[s])
+	}
+	for s, name := range p.sides {
+		line(name+" msg/s", "%.0f", rate[s])
 	}
 	for s, name := range p.sides {
 		b.ReportMetric(median(rate[s]), name+"-msg/s")
@@ -139,6 +156,18 @@ func (p *pairing) report(b *testing.B) {
 		b.ReportMetric(median(ratio[s]), "adapter-%"+suffix)
 		b.ReportMetric(median(cpuRatio[s]), "adapter-%-by-cpu"+suffix)
 	}
+	if len(p.msgs) > 1 {
+		b.Logf("%d rounds of %d messages per side; load average at the end: %s", len(p.msgs), p.msgs[0], loadAverage())
+	}
+}
+
+// loadAverage is /proc/loadavg's first three fields, or "unknown".
+func loadAverage() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(raw)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 func benchQueue(b *testing.B, tr *sqstransport.Transport, topic string) (*sqs.Client, string) {
@@ -223,7 +252,7 @@ func BenchmarkPublish(b *testing.B) {
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{})
 	topic := name(b)
 	_, quAdapter := benchQueue(b, tr, topic)
-	p := newPairing(b.N, "raw", "raw-id", "adapter")
+	p := newPairing(b.N, publishRound, "raw", "raw-id", "adapter")
 	const turn = 100
 	b.ResetTimer()
 	for r, n := range p.msgs {
@@ -266,7 +295,7 @@ func BenchmarkDrain(b *testing.B) {
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{Receivers: benchWorkers})
 	topic := name(b)
 	benchQueue(b, tr, topic)
-	p := newPairing(b.N, "raw", "raw-id", "adapter")
+	p := newPairing(b.N, drainRound, "raw", "raw-id", "adapter")
 	b.ResetTimer()
 	for r, n := range p.msgs {
 		b.StopTimer()
