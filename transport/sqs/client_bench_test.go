@@ -172,6 +172,6 @@ func BenchmarkPublishClient(b *testing.B) {
 // reportCPU reports the process CPU time per message since c0 (cpu-ns/msg)
 // and the wall-clock time per message (ns/msg).
 func reportCPU(b *testing.B, c0 time.Duration, msgs int) {
-	b.ReportMetric(float64((processCPU() - c0).Nanoseconds())/float64(msgs), "cpu-ns/msg")
+	b.ReportMetric(float64((processCPU()-c0).Nanoseconds())/float64(msgs), "cpu-ns/msg")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(msgs), "ns/msg")
 }
