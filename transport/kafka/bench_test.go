@@ -96,6 +96,12 @@ func reportRate(b *testing.B, n int, d time.Duration) {
 	b.ReportMetric(float64(n)/d.Seconds(), "msg/s")
 }
 
+// reportCPU reports the process CPU time (both cores, kfake included) per
+// message: steadier than msg/s on a shared machine.
+func reportCPU(b *testing.B, n int, cpu int64) {
+	b.ReportMetric(float64(cpu)/float64(n), "cpu-ns/msg")
+}
+
 // BenchmarkPublish: b.N messages in Publish calls of 100, acks=all,
 // idempotent producer, both sides.
 func BenchmarkPublish(b *testing.B) {
@@ -113,13 +119,14 @@ func BenchmarkPublish(b *testing.B) {
 				p := rawProducer(b)
 				b.SetBytes(int64(sz.size))
 				b.ResetTimer()
-				start := time.Now()
+				start, cpu := time.Now(), processCPU()
 				for i := 0; i < b.N; i += benchBatch {
 					if err := p.SendMessages(rawBatch(topic, payload, min(benchBatch, b.N-i), v.id)); err != nil {
 						b.Fatal(err)
 					}
 				}
 				reportRate(b, b.N, time.Since(start))
+				reportCPU(b, b.N, processCPU()-cpu)
 			})
 		}
 		b.Run("courier/"+sz.name, func(b *testing.B) {
@@ -128,13 +135,14 @@ func BenchmarkPublish(b *testing.B) {
 			ctx := context.Background()
 			b.SetBytes(int64(sz.size))
 			b.ResetTimer()
-			start := time.Now()
+			start, cpu := time.Now(), processCPU()
 			for i := 0; i < b.N; i += benchBatch {
 				if err := tr.Publish(ctx, topic, courierBatch(payload, min(benchBatch, b.N-i))...); err != nil {
 					b.Fatal(err)
 				}
 			}
 			reportRate(b, b.N, time.Since(start))
+			reportCPU(b, b.N, processCPU()-cpu)
 		})
 	}
 }
@@ -156,6 +164,8 @@ type counter struct {
 	n     int64
 	count atomic.Int64
 	first atomic.Int64 // unix nanos of the first message
+	cpu0  atomic.Int64 // process CPU at the first message
+	cpu   int64        // process CPU from the first message to the n-th
 	done  chan struct{}
 	once  sync.Once
 	end   time.Time
@@ -165,10 +175,11 @@ func newCounter(n int) *counter { return &counter{n: int64(n), done: make(chan s
 
 func (c *counter) hit() {
 	if c.count.Add(1) == 1 {
+		c.cpu0.Store(processCPU())
 		c.first.Store(time.Now().UnixNano())
 	}
 	if c.count.Load() >= c.n {
-		c.once.Do(func() { c.end = time.Now(); close(c.done) })
+		c.once.Do(func() { c.end = time.Now(); c.cpu = processCPU() - c.cpu0.Load(); close(c.done) })
 	}
 }
 
@@ -178,6 +189,7 @@ func (c *counter) wait(b *testing.B) time.Duration {
 	case <-time.After(2 * time.Minute):
 		b.Fatalf("drained %d of %d", c.count.Load(), c.n)
 	}
+	reportCPU(b, int(c.n), c.cpu)
 	return c.end.Sub(time.Unix(0, c.first.Load()))
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/IBM/sarama"
 	metrics "github.com/rcrowley/go-metrics"
@@ -377,15 +378,21 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 	ds := make([]*delivery, 0, 128)
 	for {
 		batch = batch[:0]
+		var cm *sarama.ConsumerMessage
+		var ok bool
 		select {
-		case cm, ok := <-msgs:
-			if !ok {
+		case cm, ok = <-msgs: // already fetched: no need to watch ctx (acquire does)
+		default:
+			select {
+			case cm, ok = <-msgs:
+			case <-pt.ctx.Done():
 				return
 			}
-			batch = append(batch, cm)
-		case <-pt.ctx.Done():
+		}
+		if !ok {
 			return
 		}
+		batch = append(batch, cm)
 		// Take what else is already fetched, so that the hand-off to the
 		// feeder costs one lock and one wake-up per batch.
 		closed := false
@@ -408,14 +415,41 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 				return // revoked while waiting: the rest is fetched again by the next owner
 			}
 			ds = ds[:0]
-			for _, cm := range batch[:n] {
-				ds = append(ds, &delivery{pt: pt, cm: cm, attempt: 1})
+			// One allocation for the batch's deliveries and the
+			// Messages inside them.
+			slab := make([]delivery, n)
+			for i, cm := range batch[:n] {
+				d := &slab[i]
+				d.pt, d.cm, d.attempt = pt, cm, 1
+				d.fill()
+				ds = append(ds, d)
 			}
-			s.dispatch(pt.admit(ds))
+			s.hand(pt, pt.admit(ds))
 			batch = batch[n:]
 		}
 		if closed {
 			return
+		}
+	}
+}
+
+// hand passes a partition's admitted deliveries on. With Concurrency 1
+// they go to the feeder, the one goroutine that runs handlers: partitions
+// keep reading while it works, and it takes what queued meanwhile as one
+// batch, where partitions taking turns on a lock would hand it over (a
+// goroutine wake-up) for nearly every message. With more concurrency the
+// partition's reader hands them to the Dispatcher's workers itself.
+func (s *subscription) hand(pt *partState, ds []*delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	if s.serial == nil {
+		s.dispatch(ds)
+		return
+	}
+	if !s.q.push(ds...) {
+		for _, d := range ds {
+			pt.drop(d)
 		}
 	}
 }
@@ -441,10 +475,12 @@ func (s *subscription) feed() {
 	}
 }
 
-// dispatch hands ds to the Dispatcher in order. With Concurrency 1 the
-// handler runs inside Deliver, so callers (each partition's reader and
-// the feeder) take turns batch by batch under serial: one handler at a
-// time for the subscription, and no goroutine hand-off per message.
+// dispatch hands ds to the Dispatcher in order, a run of deliveries of
+// the same partition at a time (DeliverBatch: with Concurrency 1 the
+// handlers run inside it, one run per lock round). With Concurrency 1,
+// callers (each partition's reader and the feeder) take turns batch by
+// batch under serial: one handler at a time for the subscription, and no
+// goroutine hand-off per message.
 func (s *subscription) dispatch(ds []*delivery) {
 	if len(ds) == 0 {
 		return
@@ -453,75 +489,133 @@ func (s *subscription) dispatch(ds []*delivery) {
 		s.serial.Lock()
 		defer s.serial.Unlock()
 	}
-	for _, d := range ds {
-		pt := d.pt
+	for len(ds) > 0 {
+		pt := ds[0].pt
+		n := 1
+		for n < len(ds) && ds[n].pt == pt {
+			n++
+		}
+		run := ds[:n]
+		ds = ds[n:]
 		pt.mu.Lock()
 		if pt.revoked {
 			pt.mu.Unlock()
-			pt.drop(d)
+			for _, d := range run {
+				pt.drop(d)
+			}
 			continue
 		}
-		pt.inDispatch++
+		pt.inDispatch += len(run)
 		pt.mu.Unlock()
-		if err := s.disp.Deliver(pt.ctx, d.message(), d); err != nil {
+		taken, err := s.disp.DeliverBatch(pt.ctx, len(run), func(i int) (*message.Message, transport.Acker) {
+			d := run[i]
+			return d.message(), d
+		})
+		if s.serial != nil {
+			pt.ackRun(run[:taken])
+		}
+		if err != nil && taken < len(run) {
+			rest := run[taken:]
 			pt.mu.Lock()
-			pt.inDispatch--
+			pt.inDispatch -= len(rest)
 			pt.cond.Broadcast()
 			pt.mu.Unlock()
-			pt.drop(d)
+			for _, d := range rest {
+				pt.drop(d)
+			}
 		}
 	}
 }
 
-// delivery is one fetched record on its way through the subscription.
+// delivery is one fetched record on its way through the subscription,
+// with the Message of its first delivery built in.
 type delivery struct {
+	m       message.Message
 	pt      *partState
 	cm      *sarama.ConsumerMessage
 	attempt int
 	gone    bool // its token was returned (acked or dropped)
+	acked   bool // Concurrency 1: acked in a run, settled by ackRun
 }
 
-func (d *delivery) message() *message.Message {
+// view returns b's bytes as a string without copying. b is part of the
+// fetch response sarama decoded, which nothing writes to afterwards (the
+// record's Value, handed to handlers as Payload, is such a view too).
+func view(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// fill builds d's Message from its record (first delivery).
+func (d *delivery) fill() {
 	cm := d.cm
-	m := &message.Message{Key: string(cm.Key), Payload: cm.Value, Topic: cm.Topic, Attempt: d.attempt, Time: cm.Timestamp}
+	m := &d.m
+	m.Key, m.Payload, m.Topic, m.Attempt, m.Time = view(cm.Key), cm.Value, cm.Topic, 1, cm.Timestamp
 	for _, h := range cm.Headers {
 		if h == nil {
 			continue
 		}
-		k := string(h.Key)
-		if k == HeaderID {
-			m.ID = string(h.Value)
+		if string(h.Key) == HeaderID {
+			m.ID = view(h.Value)
 			continue
 		}
 		if m.Headers == nil {
 			m.Headers = make(message.Header, len(cm.Headers))
 		}
-		m.Headers[k] = string(h.Value)
+		m.Headers[string(h.Key)] = string(h.Value)
 	}
 	if m.ID == "" {
 		// A record from another producer: a stable ID from its position.
 		m.ID = cm.Topic + "-" + strconv.Itoa(int(cm.Partition)) + "-" + strconv.FormatInt(cm.Offset, 10)
 	}
-	sess := d.pt.sess
-	m.SetAs(func(target any) bool {
-		switch p := target.(type) {
-		case **sarama.ConsumerMessage:
-			*p = cm
-		case *sarama.ConsumerGroupSession:
-			if sess == nil {
-				return false
-			}
-			*p = sess
-		default:
+	m.SetAs(d.as)
+}
+
+// message is the Message to hand to the handler: the built-in one the
+// first time, a copy with the new attempt count on a redelivery (the
+// handler of an earlier attempt may still hold the first).
+func (d *delivery) message() *message.Message {
+	if d.attempt == 1 {
+		return &d.m
+	}
+	m := d.m
+	if d.m.Headers != nil {
+		m.Headers = make(message.Header, len(d.m.Headers))
+		for k, v := range d.m.Headers {
+			m.Headers[k] = v
+		}
+	}
+	m.Attempt = d.attempt
+	return &m
+}
+
+// as is Message.As for d's record.
+func (d *delivery) as(target any) bool {
+	switch p := target.(type) {
+	case **sarama.ConsumerMessage:
+		*p = d.cm
+	case *sarama.ConsumerGroupSession:
+		if d.pt.sess == nil {
 			return false
 		}
-		return true
-	})
-	return m
+		*p = d.pt.sess
+	default:
+		return false
+	}
+	return true
 }
 
 // Ack settles d for the Dispatcher (transport.Acker).
 func (d *delivery) Ack(context.Context) error {
+	if d.pt.s.serial != nil {
+		// Concurrency 1: the handler ran inside DeliverBatch, in the
+		// goroutine that called it, which settles the whole run at once
+		// when it returns (ackRun).
+		d.acked = true
+		return nil
+	}
 	d.pt.ack(d)
 	return nil
 }
@@ -664,6 +758,59 @@ func (pt *partState) ack(d *delivery) {
 	}
 	if nd != nil && !pt.s.q.push(nd) {
 		pt.drop(nd)
+	}
+}
+
+// ackRun settles the deliveries of ds that were acked inside a
+// DeliverBatch run (Concurrency 1), under one lock: their offsets become
+// committable, the partition's mark moves once, their tokens return
+// together and held messages of their keys go.
+func (pt *partState) ackRun(ds []*delivery) {
+	var held []*delivery
+	n, tokens := 0, 0
+	pt.mu.Lock()
+	for _, d := range ds {
+		if !d.acked {
+			continue
+		}
+		d.acked = false
+		n++
+		if i, ok := pt.find(d.cm.Offset); ok {
+			pt.pending[i].done = true
+		}
+		if nd := pt.releaseKey(d); nd != nil {
+			held = append(held, nd)
+		}
+		if !d.gone {
+			d.gone = true
+			tokens++
+		}
+	}
+	if n == 0 {
+		pt.mu.Unlock()
+		return
+	}
+	pt.inDispatch -= n
+	if pt.revoked {
+		pt.cond.Broadcast() // revoke waits for inDispatch to reach 0
+	}
+	next := pt.commitPoint()
+	var mark func(int64)
+	if next > pt.marked {
+		pt.marked = next
+		mark = pt.mark
+	}
+	pt.mu.Unlock()
+	if mark != nil {
+		mark(next)
+	}
+	if tokens > 0 {
+		pt.s.lim.release(tokens)
+	}
+	if len(held) > 0 && !pt.s.q.push(held...) {
+		for _, d := range held {
+			pt.drop(d)
+		}
 	}
 }
 
