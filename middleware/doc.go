@@ -105,7 +105,7 @@
 //
 // Measured 2026-11-22 on the project's 2-core machine (a Firecracker VM
 // on AMD EPYC, Go 1.26) while three other engineers built and
-// benchmarked on it (load average 2–4.5 as noted): wall time per message
+// benchmarked on it (load average 3–6 as noted): wall time per message
 // there partly measures waiting for a core, so the paired benchmarks also
 // report CPU time per message (user+system of the whole process, GC
 // included). The lead re-measures on a quiet machine; the commands below
@@ -147,21 +147,35 @@
 //
 //	go test -run '^$' -bench 'StackPaired' -benchtime 300000x ./middleware/
 //
-//	                        bare             recommended        overhead (median of the 7 differences)
-//	Concurrency 1, load 3.6: 311 ns, 474 CPU   1103 ns, 1240 CPU  +725 ns wall, +760 ns CPU, +3 allocs (4 → 7)
-//	Concurrency 4, load 4.2: 705 ns, 657 CPU   2150 ns, 1625 CPU  +1444 ns wall, +951 ns CPU, +3 allocs
-//	Conc. 1, headers, 4.3: 1336 ns, 1208 CPU   2159 ns, 1977 CPU  +832 ns wall, +807 ns CPU, +1 alloc (10 → 11)
+//	median of 7 rounds, ns/message         bare              recommended        overhead (median of the 7 differences)
+//	Concurrency 1, load 3.6:          311 wall, 474 CPU   1103 wall, 1240 CPU   +725 wall, +760 CPU, +3 allocs (4 → 7)
+//	Concurrency 1, load 4.8–5.2 (×3): 411–737, 422–479    1422–2625, 1315–1373  +909/+1499/+1914 wall, +882/+916/+941 CPU, +3 allocs
+//	Concurrency 4, load 4.2:          705 wall, 657 CPU   2150 wall, 1625 CPU   +1444 wall, +951 CPU, +3 allocs
+//	Concurrency 4, load 5.7–6.0 (×3): 1023–1503, 661–665  3536–4660, 1710–1811  +1298/+2182/+2486 wall, +1052/+1063/+1095 CPU, +3 allocs
+//	Conc. 1 headers, load 4.3:        1336 wall, 1208 CPU 2159 wall, 1977 CPU   +832 wall, +807 CPU, +1 alloc (10 → 11)
+//	Conc. 1 headers, load 5.7–6.2 (×3): 758–2560, 1260–1418 1481–4612, 2157–2268 +681/+813/+2044 wall, +850/+892/+975 CPU, +1 alloc
 //
-// Both budgets are met in CPU time with room to spare (0.76–0.95 µs of
-// 1.5, 3 of 8 allocations); before this work the same benchmark measured
-// +1.0–1.2 µs CPU and +6 allocations. Wall-time overhead at Concurrency 4
-// and under load swings with the scheduler (one run at load 3 measured
-// +2.2 µs wall at Concurrency 1 with +0.95 µs CPU: the single consumer
-// goroutine waiting for a core); on an idle machine wall and CPU
-// overhead are close (before this work, at load 0.9: +838 ns wall, +1025
-// ns CPU). The three allocations are Retry's
-// per-attempt context and the correlation header map (two, only for a
-// message that arrives without headers: with one header the stack adds a
-// single allocation). BenchmarkStackOnMem is the older unpaired form of
-// the same measurement.
+// Before and after, interleaved in one session (the benchmark at commit
+// 567f906, before any of this work, against this one; Concurrency 1, load
+// 3–5.7): overhead +1134/+1235/+1139 ns CPU and +6 allocations before,
+// +952/+981/+892 ns CPU and +3 allocations after.
+//
+// The allocation budget (8) is met with room to spare: 3 allocations,
+// Retry's per-attempt context and the correlation header map (two, only
+// for a message that arrives without headers: with one header the stack
+// adds one allocation). The time budget (1.5 µs) is met in CPU time,
+// 0.76–1.1 µs per message at loads 3.6–6 on 2 cores. Wall time at these
+// loads swings with the scheduler: at Concurrency 1 the single consumer
+// goroutine is the bottleneck and gets a fraction of a core, so its wall
+// overhead reached 1.50 and 1.91 µs in two of three runs at load 5; the lead's
+// quiet-machine run decides the wall figure (before this work, at load
+// 0.9, the same benchmark measured +838 ns wall, +1025 ns CPU).
+//
+// Where the remaining overhead goes (a CPU profile of BenchmarkStackOnMem,
+// recommended minus bare): about a third is clock reads — gobreaker's
+// two time.Now per message, Retry's one for the attempt deadline, the
+// MemoryStore's two monotonic readings — then the MemoryStore's cache
+// misses on its maps (one per new key, on the map write), the
+// correlation header map and its share of GC, and the locks.
+// BenchmarkStackOnMem is the older unpaired form of the same measurement.
 package middleware
