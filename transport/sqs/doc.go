@@ -247,33 +247,69 @@
 //
 // # Performance
 //
-// Measured on goaws in process (not AWS), on a 2-core machine shared with
-// other builds (load average 3.8-16 during the runs, so single runs vary
-// a lot), with
+// Measured on 2026-11-22 on goaws v0.5.4 in process (not AWS), on a
+// 2-core machine (AMD EPYC) shared with three other engineers' builds and
+// benchmarks: load average 3-6 during every run, so these are not
+// quiet-machine figures. 256-byte payloads. Reproduce (about 15 s each):
 //
-//	go test -run '^$' -bench 'Publish|Drain|EndToEnd' -benchtime 5000x -count 4 ./transport/sqs
+//	go test -run '^$' -bench 'Publish$' -benchtime 90000x ./transport/sqs
+//	go test -run '^$' -bench 'Drain$' -benchtime 30000x ./transport/sqs
 //
-// raw SDK and adapter interleaved in alternating chunks within one run,
-// 256-byte payloads. Ranges over 11 runs:
+// Three sides run in one process against one goaws, taking turns in
+// rounds (publish: 9 rounds of 10 000 messages per side in turns of 100;
+// drain: 15 rounds of 2 000, each backlog filled with the clock stopped),
+// the order rotating; each round logs its figures and the reported ones
+// are medians over the rounds (adapter-% is the median of the per-round
+// ratios). cpu-ns/msg is the process's CPU time (client, goaws and
+// garbage collector) per message and adapter-%-by-cpu raw's CPU per
+// message over the adapter's; it moves less with outside load than the
+// wall clock does.
 //
-//	Publish, batches of 10, one goroutine: adapter 15 000-27 500 msg/s,
-//	  at 78-102% (median ~88%) of raw SendMessageBatch sending the same
-//	  bodies with the message ID in one attribute, and at 60-85% of raw
-//	  bodies without any attribute (goaws parses and hashes the attribute
-//	  courier needs for the ID).
-//	Drain of a backlog, 4 receivers / 4 raw loops of ReceiveMessage(10) +
-//	  DeleteMessageBatch: adapter 3 000-14 000 msg/s, at 76-135% (median
-//	  ~89%) of raw.
-//	EndToEnd (conformance.Bench, sns://, 4 publishers, batches of 10,
-//	  Concurrency 4): 3 000-5 500 msg/s.
+//	raw      the baseline: SendMessageBatch of 10 bodies from one
+//	         goroutine; drain: 4 loops of ReceiveMessage(10) +
+//	         DeleteMessageBatch of messages sent without attributes
+//	raw-id   the same with the message ID in one String attribute (the
+//	         least a transport that keeps IDs must send), drained asking
+//	         for every attribute as the adapter does
+//	adapter  Publish of 10 messages from one goroutine; a subscription
+//	         with 4 receivers, Concurrency 4, MaxInFlight 40
 //
-// The adapter's own work is about 3 us per message to encode (ID, checks,
-// attribute) and 1 us to decode (BenchmarkEncode, BenchmarkDecode); goaws's
-// costs dominate (it parses every request with encoding/json, scans every
-// message of a queue on each receive and copies the queue on each delete),
-// so these figures say how the adapter compares with the raw SDK, not what
-// AWS sustains. Against the target of 90% of raw: the means over
-// the runs are about 90% for both publish and drain, and single runs land
-// on both sides; the method itself is that noisy here (the same adapter on
-// both sides of the harness measured 87-117%).
+// Four runs of each (medians over the rounds of each run):
+//
+//	Publish  adapter 25 000-35 000 msg/s; 72-76 % of raw (by CPU 73-77 %);
+//	         91-104 % of raw-id (by CPU 93-104 %)
+//	Drain    adapter 6 000-12 000 msg/s; 59-89 % of raw (by CPU 82-86 %);
+//	         81-91 % of raw-id (by CPU 82-92 %)
+//
+// Against the target of 90 % of raw: publish meets it against
+// raw-id and not against raw. On goaws one message attribute costs about
+// 4.5 us of CPU per message (the SDK serializes the attribute map, goaws
+// decodes it, hashes it with MD5 and keeps it), so raw-id itself runs at
+// about 80 % of raw; courier must carry the message ID, and the only place
+// free of that cost is the body, which would end the promise that the body
+// is the payload for other consumers of the queue. The drain figures
+// swing widely from round to round on this machine (single rounds from 40
+// to 160 %); against raw-id the adapter stays below 90 % by about 10 % of
+// CPU per message, which the client-side benchmark below does not show
+// (there the difference is about 2 us of 15): the rest is spent in the
+// emulator and the garbage collector, which scans goaws's queues, and is
+// not pinned down yet. Both targets are for the quiet-machine run to
+// settle.
+//
+// The adapter's own cost, free of the emulator (the SDK against a stub
+// HTTP client), with
+//
+//	go test -run '^$' -bench 'Client|Encode|Decode' -benchmem -count 4 ./transport/sqs
+//
+// (about 40 s):
+// publishing costs 7 700-9 500 cpu-ns per message against raw-id's 6 900-
+// 7 500 and raw's 5 200 (63 KB and 350 allocations per Publish of 10, was
+// 68 KB and 411); receiving and deleting 15 000-21 000 against raw-id's
+// 14 000-16 000 (87 allocations per message, raw-id 79; the SDK's JSON
+// decoding is most of both). BenchmarkEncode: 0.7-1.5 us, 432 B and 4
+// allocations per message (was 1 792 B and 8); BenchmarkDecode ~0.7 us,
+// 544 B, 3 allocations.
+//
+// EndToEnd (conformance.Bench, sns://, 4 publishers, batches of 10,
+// Concurrency 4): 7 500-10 000 msg/s.
 package sqstransport
