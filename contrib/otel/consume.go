@@ -217,7 +217,7 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		if et == "" {
 			i.processDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
 		} else {
-			i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "process", topic, group, et))
+			i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "", topic, group, et))
 		}
 	}
 	span.End()

@@ -98,8 +98,10 @@
 // # Metrics
 //
 // Instruments (meter scope ScopeName), all with messaging.system,
-// messaging.destination.name and messaging.operation.name/type; consumer
-// side ones with messaging.consumer.group.name; error.type on failures:
+// messaging.destination.name and messaging.operation.name ("send" or
+// "process"), messaging.client.operation.duration also with
+// messaging.operation.type, as the conventions list them; consumer side
+// ones with messaging.consumer.group.name; error.type on failures:
 //
 //	messaging.client.sent.messages      counter {message}   per message published
 //	messaging.client.operation.duration histogram s         per Publish call ("send")

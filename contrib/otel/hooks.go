@@ -76,7 +76,7 @@ func (i *Instrumentation) OnRetry(ctx context.Context, m *message.Message, attem
 		span.AddEvent(EventRetry, trace.WithAttributes(kv...))
 	}
 	if i.retries.Enabled(ctx) {
-		i.retries.Add(ctx, 1, i.metricOpt(d.system, "process", "process", d.topic, d.group, ""))
+		i.retries.Add(ctx, 1, i.metricOpt(d.system, "process", "", d.topic, d.group, ""))
 	}
 }
 
@@ -117,7 +117,7 @@ func (i *Instrumentation) deadLettered(ctx context.Context, span trace.Span, sys
 	}
 	if i.deadLetters.Enabled(ctx) {
 		i.deadLetters.Add(ctx, 1, i.sets.get(setKey{kind: 2, system: system, topic: topic, group: group, op: dlq}, func() attribute.Set {
-			kv := baseAttrs(system, "process", "process", topic, group, "")
+			kv := baseAttrs(system, "process", "", topic, group, "")
 			if dlq != "" {
 				kv = append(kv, DeadLetterTopicKey.String(dlq))
 			}
@@ -135,7 +135,7 @@ func (i *Instrumentation) OnDuplicate(ctx context.Context, m *message.Message) {
 		span.AddEvent(EventDuplicate)
 	}
 	if i.duplicates.Enabled(ctx) {
-		i.duplicates.Add(ctx, 1, i.metricOpt(d.system, "process", "process", d.topic, d.group, ""))
+		i.duplicates.Add(ctx, 1, i.metricOpt(d.system, "process", "", d.topic, d.group, ""))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -154,6 +155,30 @@ func TestMetricsEveryInstrument(t *testing.T) {
 	}
 	if n := histCount(t, rm, "messaging.client.operation.duration", map[string]string{"messaging.destination.name": "work", "messaging.operation.name": "send", "messaging.operation.type": "send"}); n != 2 {
 		t.Errorf("operation.duration count for work %d, want 2 (one publish call, one failed)", n)
+	}
+	// messaging.operation.type is on operation.duration only, as the
+	// conventions list the metrics' attributes.
+	for _, name := range []string{"messaging.client.sent.messages", "messaging.client.consumed.messages", "messaging.process.duration"} {
+		m, _ := findMetric(rm, name)
+		var sets []attribute.Set
+		switch d := m.Data.(type) {
+		case metricdata.Sum[int64]:
+			for _, p := range d.DataPoints {
+				sets = append(sets, p.Attributes)
+			}
+		case metricdata.Histogram[float64]:
+			for _, p := range d.DataPoints {
+				sets = append(sets, p.Attributes)
+			}
+		}
+		if len(sets) == 0 {
+			t.Errorf("%s: no points", name)
+		}
+		for _, set := range sets {
+			if set.HasValue("messaging.operation.type") {
+				t.Errorf("%s has messaging.operation.type: %v", name, set.ToSlice())
+			}
+		}
 	}
 	// Units and the advised buckets.
 	for name, unit := range map[string]string{

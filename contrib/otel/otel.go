@@ -370,8 +370,8 @@ type attrCache struct {
 const maxSets = 4096
 
 type setKey struct {
-	kind                              uint8
-	system, topic, group, errType, op string
+	kind                                      uint8
+	system, topic, group, errType, op, opType string
 }
 
 func (c *attrCache) get(k setKey, build func() attribute.Set) metric.MeasurementOption {
@@ -419,8 +419,10 @@ type opNames struct {
 	topic, group string
 	span         string
 	ok           metric.MeasurementOption
-	// ok as the variadic arguments of Add and Record: passing a slice
-	// that exists spares the allocation of one per call.
+	// The arguments of the counter's Add (ok) and of the duration
+	// histogram's Record (ok, plus messaging.operation.type for
+	// messaging.client.operation.duration) as slices made once: passing a
+	// slice that exists spares the allocation of one per call.
 	add []metric.AddOption
 	rec []metric.RecordOption
 }
@@ -432,15 +434,22 @@ func (i *Instrumentation) namesFor(last *atomic.Pointer[opNames], system, op, to
 		return n
 	}
 	n := &opNames{topic: topic, group: group, span: op + " " + topic,
-		ok: i.metricOpt(system, op, op, topic, group, "")}
-	n.add, n.rec = []metric.AddOption{n.ok}, []metric.RecordOption{n.ok}
+		ok: i.metricOpt(system, op, "", topic, group, "")}
+	dur := n.ok
+	if op == "send" { // messaging.client.operation.duration
+		dur = i.metricOpt(system, op, op, topic, group, "")
+	}
+	n.add, n.rec = []metric.AddOption{n.ok}, []metric.RecordOption{dur}
 	last.Store(n)
 	return n
 }
 
 // metricOpt returns the cached attribute option for an operation metric.
+// opType is set only for messaging.client.operation.duration, the one
+// messaging metric the conventions give messaging.operation.type (every
+// attribute costs the metric SDK time per measurement).
 func (i *Instrumentation) metricOpt(system, op, opType, topic, group, errType string) metric.MeasurementOption {
-	return i.sets.get(setKey{kind: 1, system: system, op: op, topic: topic, group: group, errType: errType}, func() attribute.Set {
+	return i.sets.get(setKey{kind: 1, system: system, op: op, opType: opType, topic: topic, group: group, errType: errType}, func() attribute.Set {
 		return attribute.NewSet(baseAttrs(system, op, opType, topic, group, errType)...)
 	})
 }

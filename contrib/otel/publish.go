@@ -253,9 +253,9 @@ func (i *Instrumentation) measureSend(ctx context.Context, start time.Time, name
 		i.opDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
 		return
 	}
-	opt := i.metricOpt(system, "send", "send", topic, "", errorType(err))
-	i.sent.Add(ctx, int64(n), opt)
-	i.opDur.Record(ctx, time.Since(start).Seconds(), opt)
+	et := errorType(err)
+	i.sent.Add(ctx, int64(n), i.metricOpt(system, "send", "", topic, "", et))
+	i.opDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "send", "send", topic, "", et))
 }
 
 // carry returns the message to hand to the transport: m itself when ctx
