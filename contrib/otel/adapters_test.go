@@ -134,7 +134,8 @@ func TestLagOnAdapters(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		url  func(t testing.TB) string
-	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}, {"gcppubsub", pubsubURL}} {
+	}{{"nats", testenv.NATS}, {"rabbitmq", testenv.FindRabbitMQ}, {"kafka", kafkaURL}, {"gcppubsub", pubsubURL},
+		{"sns", func(t testing.TB) string { return snsURL(t, "sns") }}, {"sqs", func(t testing.TB) string { return snsURL(t, "sqs") }}} {
 		t.Run(tc.name, func(t *testing.T) {
 			url := tc.url(t)
 			topic := unique("otel-lag")
