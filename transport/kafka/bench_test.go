@@ -119,14 +119,14 @@ func BenchmarkPublish(b *testing.B) {
 				p := rawProducer(b)
 				b.SetBytes(int64(sz.size))
 				b.ResetTimer()
-				start, cpu := time.Now(), processCPU()
+				start, cpu := time.Now(), kafkatransport.ProcessCPU()
 				for i := 0; i < b.N; i += benchBatch {
 					if err := p.SendMessages(rawBatch(topic, payload, min(benchBatch, b.N-i), v.id)); err != nil {
 						b.Fatal(err)
 					}
 				}
 				reportRate(b, b.N, time.Since(start))
-				reportCPU(b, b.N, processCPU()-cpu)
+				reportCPU(b, b.N, kafkatransport.ProcessCPU()-cpu)
 			})
 		}
 		b.Run("courier/"+sz.name, func(b *testing.B) {
@@ -135,14 +135,14 @@ func BenchmarkPublish(b *testing.B) {
 			ctx := context.Background()
 			b.SetBytes(int64(sz.size))
 			b.ResetTimer()
-			start, cpu := time.Now(), processCPU()
+			start, cpu := time.Now(), kafkatransport.ProcessCPU()
 			for i := 0; i < b.N; i += benchBatch {
 				if err := tr.Publish(ctx, topic, courierBatch(payload, min(benchBatch, b.N-i))...); err != nil {
 					b.Fatal(err)
 				}
 			}
 			reportRate(b, b.N, time.Since(start))
-			reportCPU(b, b.N, processCPU()-cpu)
+			reportCPU(b, b.N, kafkatransport.ProcessCPU()-cpu)
 		})
 	}
 }
@@ -175,11 +175,11 @@ func newCounter(n int) *counter { return &counter{n: int64(n), done: make(chan s
 
 func (c *counter) hit() {
 	if c.count.Add(1) == 1 {
-		c.cpu0.Store(processCPU())
+		c.cpu0.Store(kafkatransport.ProcessCPU())
 		c.first.Store(time.Now().UnixNano())
 	}
 	if c.count.Load() >= c.n {
-		c.once.Do(func() { c.end = time.Now(); c.cpu = processCPU() - c.cpu0.Load(); close(c.done) })
+		c.once.Do(func() { c.end = time.Now(); c.cpu = kafkatransport.ProcessCPU() - c.cpu0.Load(); close(c.done) })
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -374,10 +375,11 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 	defer pt.revoke()
 	stopWake := context.AfterFunc(pt.ctx, s.lim.wake)
 	defer stopWake()
-	batch := make([]*sarama.ConsumerMessage, 0, 128)
+	buf := make([]*sarama.ConsumerMessage, 0, 128)
 	ds := make([]*delivery, 0, 128)
+	var arena []delivery
 	for {
-		batch = batch[:0]
+		batch := buf[:0] // (batch is resliced below; buf keeps the capacity)
 		var cm *sarama.ConsumerMessage
 		var ok bool
 		select {
@@ -415,11 +417,14 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 				return // revoked while waiting: the rest is fetched again by the next owner
 			}
 			ds = ds[:0]
-			// One allocation for the batch's deliveries and the
-			// Messages inside them.
-			slab := make([]delivery, n)
-			for i, cm := range batch[:n] {
-				d := &slab[i]
+			for _, cm := range batch[:n] {
+				// Deliveries (and the Messages inside them) come from
+				// chunks: one allocation per deliveryChunk records.
+				if len(arena) == 0 {
+					arena = make([]delivery, deliveryChunk)
+				}
+				d := &arena[0]
+				arena = arena[1:]
 				d.pt, d.cm, d.attempt = pt, cm, 1
 				d.fill()
 				ds = append(ds, d)
@@ -526,6 +531,11 @@ func (s *subscription) dispatch(ds []*delivery) {
 		}
 	}
 }
+
+// deliveryChunk is how many deliveries one allocation holds. A chunk is
+// freed when none of its messages is referenced any more: a handler that
+// keeps a Message keeps its chunk (about 7 KiB) alive.
+const deliveryChunk = 32
 
 // delivery is one fetched record on its way through the subscription,
 // with the Message of its first delivery built in.
@@ -769,14 +779,19 @@ func (pt *partState) ackRun(ds []*delivery) {
 	var held []*delivery
 	n, tokens := 0, 0
 	pt.mu.Lock()
+	hint := pt.head // runs are in offset order: the next one is usually at hint
 	for _, d := range ds {
 		if !d.acked {
 			continue
 		}
 		d.acked = false
 		n++
-		if i, ok := pt.find(d.cm.Offset); ok {
+		if hint < len(pt.pending) && pt.pending[hint].off == d.cm.Offset {
+			pt.pending[hint].done = true
+			hint++
+		} else if i, ok := pt.find(d.cm.Offset); ok {
 			pt.pending[i].done = true
+			hint = i + 1
 		}
 		if nd := pt.releaseKey(d); nd != nil {
 			held = append(held, nd)
@@ -990,21 +1005,22 @@ func (q *queue) close() {
 	}
 }
 
-// limiter bounds the messages a subscription holds (MaxInFlight). A waiting
-// reader is woken once a quarter of the bound is free again rather than at
-// every release, so a full pipeline moves in batches instead of one
-// goroutine wake-up per message.
+// limiter bounds the messages a subscription holds (MaxInFlight). Taking
+// and returning tokens is an atomic add while tokens are free; a reader
+// that finds none waits on a condition and is woken once a quarter of the
+// bound is free again rather than at every release, so a full pipeline
+// moves in batches instead of one goroutine wake-up per message.
 type limiter struct {
+	used    atomic.Int64
+	max     int64
+	low     int64 // wake waiters when used drops to this
+	waiting atomic.Int32
 	mu      sync.Mutex
 	cond    *sync.Cond
-	used    int
-	max     int
-	low     int // wake waiters when used drops to this
-	waiting int
 }
 
 func newLimiter(n int) *limiter {
-	l := &limiter{max: n, low: n - max(1, n/4)}
+	l := &limiter{max: int64(n), low: int64(n - max(1, n/4))}
 	l.cond = sync.NewCond(&l.mu)
 	return l
 }
@@ -1012,37 +1028,38 @@ func newLimiter(n int) *limiter {
 // acquire takes between 1 and n slots, waiting while none is free; 0 when
 // ctx ended first.
 func (l *limiter) acquire(ctx context.Context, n int) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for l.used >= l.max {
+	for {
 		if ctx.Err() != nil {
 			return 0
 		}
-		l.waiting++
-		l.cond.Wait()
-		l.waiting--
+		u := l.used.Load()
+		if u < l.max {
+			k := min(int64(n), l.max-u)
+			if l.used.CompareAndSwap(u, u+k) {
+				return int(k)
+			}
+			continue
+		}
+		l.mu.Lock()
+		l.waiting.Add(1)
+		for l.used.Load() >= l.max && ctx.Err() == nil {
+			l.cond.Wait()
+		}
+		l.waiting.Add(-1)
+		l.mu.Unlock()
 	}
-	if ctx.Err() != nil {
-		return 0
-	}
-	k := min(n, l.max-l.used)
-	l.used += k
-	return k
 }
 
 func (l *limiter) release(n int) {
-	l.mu.Lock()
-	l.used -= n
-	wake := l.waiting > 0 && l.used <= l.low
-	l.mu.Unlock()
-	if wake {
-		l.cond.Broadcast()
+	u := l.used.Add(-int64(n))
+	if l.waiting.Load() > 0 && u <= l.low {
+		l.wake()
 	}
 }
 
-// wake lets waiters re-check their context.
+// wake lets waiters re-check the tokens and their context.
 func (l *limiter) wake() {
 	l.mu.Lock()
-	l.mu.Unlock()
+	l.mu.Unlock() //nolint:staticcheck // orders the broadcast after a waiter's check
 	l.cond.Broadcast()
 }

@@ -1,12 +1,12 @@
 //go:build unix
 
-package kafkatransport_test
+package kafkatransport
 
 import "syscall"
 
-// processCPU is the CPU time the test process used so far (user+system,
+// ProcessCPU is the CPU time the test process used so far (user+system,
 // every thread: the adapter, sarama and the in-process kfake brokers).
-func processCPU() int64 {
+func ProcessCPU() int64 {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
 		return 0
