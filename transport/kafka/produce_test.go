@@ -1,0 +1,137 @@
+package kafkatransport_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/courierkit/courier/internal/testenv"
+	"github.com/courierkit/courier/message"
+)
+
+// A produce request that fails (a NOT_LEADER_OR_FOLLOWER answer, then a
+// dropped connection) is sent again with the same batches: Publish
+// succeeds, and every record is in the topic once, in key order.
+func TestPublishRetriesKeepEveryRecordOnce(t *testing.T) {
+	if testenv.KafkaExternal() {
+		t.Skip("injects errors on a private kfake cluster")
+	}
+	brokers(t)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const topic = "retries"
+	var seen atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := r.(*kmsg.ProduceRequest)
+		if len(req.Topics) == 0 || req.Topics[0].Topic != topic {
+			return nil, nil, false
+		}
+		switch seen.Add(1) {
+		case 2: // the first keyed call: refuse as not the leader
+			resp := req.ResponseKind().(*kmsg.ProduceResponse)
+			for _, rt := range req.Topics {
+				st := kmsg.NewProduceResponseTopic()
+				st.Topic = rt.Topic
+				for _, rp := range rt.Partitions {
+					sp := kmsg.NewProduceResponseTopicPartition()
+					sp.Partition = rp.Partition
+					sp.ErrorCode = 6 // NOT_LEADER_OR_FOLLOWER
+					st.Partitions = append(st.Partitions, sp)
+				}
+				resp.Topics = append(resp.Topics, st)
+			}
+			return resp, nil, true
+		case 3: // its retry: drop the connection
+			return nil, errors.New("injected connection loss"), true
+		}
+		return nil, nil, false
+	})
+	o := testOptions(t)
+	o.Brokers = c.ListenAddrs()
+	tr := newTransport(t, o)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := tr.Publish(ctx, topic, message.New(nil)); err != nil { // creates the topic
+		t.Fatal(err)
+	}
+	var ms []*message.Message
+	for i := range 60 {
+		ms = append(ms, &message.Message{ID: "m" + strconv.Itoa(i), Key: strconv.Itoa(i % 6)})
+	}
+	if err := tr.Publish(ctx, topic, ms...); err != nil {
+		t.Fatalf("Publish through a refused and a dropped request: %v", err)
+	}
+	if err := tr.Publish(ctx, topic, &message.Message{ID: "after", Key: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := seen.Load(); n < 5 {
+		t.Errorf("%d produce requests, want at least 5 (the refused and dropped ones sent again)", n)
+	}
+	var client sarama.Client
+	tr.As(&client)
+	cons, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	last := map[string]int{}
+	for _, p := range parts {
+		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hwm == 0 {
+			continue
+		}
+		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for done := false; !done; {
+			select {
+			case m := <-pc.Messages():
+				id := ""
+				for _, h := range m.Headers {
+					if string(h.Key) == "courier-id" {
+						id = string(h.Value)
+					}
+				}
+				count[id]++
+				if n, err := strconv.Atoi(id[1:]); err == nil && len(m.Key) > 0 {
+					if prev, ok := last[string(m.Key)]; ok && n < prev {
+						t.Errorf("key %s: %s after m%d", m.Key, id, prev)
+					}
+					last[string(m.Key)] = n
+				}
+				done = m.Offset == hwm-1
+			case <-time.After(10 * time.Second):
+				t.Fatalf("partition %d: nothing read within 10s", p)
+			}
+		}
+		pc.Close()
+	}
+	for _, m := range ms {
+		if count[m.ID] != 1 {
+			t.Errorf("%s: %d records, want 1", m.ID, count[m.ID])
+		}
+	}
+	if count["after"] != 1 {
+		t.Errorf("the message after the retries: %d records, want 1", count["after"])
+	}
+}
