@@ -96,6 +96,17 @@ type Server struct {
 	// by slow.delay before goaws sees it and again before the answer
 	// leaves: a broker (or a machine) under load, for one test's queues.
 	slow atomic.Pointer[slowdown]
+	// calls counts the requests per action (Calls).
+	calls sync.Map // action → *atomic.Int64
+}
+
+// Calls is how many requests of action ("SendMessageBatch",
+// "GetQueueAttributes", ...) the emulator has received so far.
+func (g *Server) Calls(action string) int64 {
+	if n, ok := g.calls.Load(action); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
 }
 
 type slowdown struct {
@@ -177,6 +188,11 @@ func (g *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			action = r.Form.Get("Action")
 		}
 	}
+	n, ok := g.calls.Load(action)
+	if !ok {
+		n, _ = g.calls.LoadOrStore(action, new(atomic.Int64))
+	}
+	n.(*atomic.Int64).Add(1)
 	switch {
 	case goawsWriters[action]:
 		g.gate.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -543,5 +544,37 @@ func TestLeaseExtensionSlowBroker(t *testing.T) {
 				t.Fatalf("message handled %d times while one handler held it for 2.75 visibility timeouts", n)
 			}
 		})
+	}
+}
+
+// TestPublishQueueLookupOnce: on sqs:// with a redrive policy, only the
+// first Publish to a topic looks its queues up (CreateQueue, and
+// GetQueueAttributes for the dead-letter queue's ARN); later ones go
+// straight to SendMessageBatch.
+func TestPublishQueueLookupOnce(t *testing.T) {
+	if emu == nil {
+		t.Skip("counts requests on the in-process goaws")
+	}
+	t.Parallel()
+	tr := open(t, sqstransport.ModeSQS, sqstransport.Options{MaxReceiveCount: 3})
+	topic := name(t)
+	ctx := context.Background()
+	if err := tr.Publish(ctx, topic, &message.Message{Payload: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	// Other tests run in parallel: compare with a margin that a lookup
+	// per Publish would exceed.
+	attrs, creates, sends := emu.Calls("GetQueueAttributes"), emu.Calls("CreateQueue"), emu.Calls("SendMessageBatch")
+	const n = 50
+	for i := range n {
+		if err := tr.Publish(ctx, topic, &message.Message{Payload: []byte("m" + strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := emu.Calls("SendMessageBatch") - sends; got < n {
+		t.Fatalf("%d SendMessageBatch calls for %d publishes", got, n)
+	}
+	if a, c := emu.Calls("GetQueueAttributes")-attrs, emu.Calls("CreateQueue")-creates; a >= n/2 || c >= n/2 {
+		t.Errorf("%d GetQueueAttributes and %d CreateQueue calls during %d publishes to a known queue", a, c, n)
 	}
 }
