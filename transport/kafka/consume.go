@@ -534,7 +534,7 @@ func (s *subscription) dispatch(ds []*delivery) {
 
 // deliveryChunk is how many deliveries one allocation holds. A chunk is
 // freed when none of its messages is referenced any more: a handler that
-// keeps a Message keeps its chunk (about 7 KiB) alive.
+// keeps a Message keeps its chunk (about 5 KiB) alive.
 const deliveryChunk = 32
 
 // delivery is one fetched record on its way through the subscription,

@@ -38,24 +38,29 @@
 //
 // # Delivery semantics
 //
-// At-least-once. Publish uses the idempotent producer with acks=all
-// (sarama's SyncProducer): it returns when the partition leaders
-// acknowledged every record after replication to the in-sync replicas, and
-// broker-side retries neither duplicate nor reorder records. The messages
-// of one call go to sarama's producer together and are batched per
-// partition leader, never sent one request per message: with the default
-// (no linger) the idempotent producer, which keeps one request in flight
-// per broker, sends the first record at once and what accumulated
-// meanwhile in the next requests (2 to 5 produce requests for a call of
-// 100 records on kfake, more on a loaded machine); with Options.Linger
-// (linger.ms) a call of several messages leaves as exactly one request per
-// leader, at the price of the linger on each such call (kfake: half the
-// publish throughput of no linger on the 2-core machine, because a 0.1-1
-// ms timer fires late under load). Even with Linger, one-message calls go
-// at once: the lingering producer, on a client of its own, serves only
-// calls of several messages. Message.Key is the record key: sarama's hash
-// partitioner (FNV-1a, where Java clients use murmur2) keeps one key on
-// one partition, in order; an empty key spreads records over partitions at
+// At-least-once. Publish is idempotent with acks=all: it returns when the
+// partition leaders acknowledged every record after replication to the
+// in-sync replicas, and broker-side retries neither duplicate nor reorder
+// records. A call is one round of requests: the adapter builds the record
+// batches of the whole call first and sends exactly one produce request
+// per partition leader broker, all at once (sarama's producer takes
+// records one at a time and, without a linger, sends the first alone and
+// the rest in 2 to 5 further requests). For that Publish writes its own
+// produce requests on sarama's client and protocol types, with the
+// idempotent producer's rules: a producer ID from InitProducerID,
+// gap-free sequence numbers per partition, one batch per partition in
+// flight, a failed batch sent again with the same numbers (the broker
+// drops a duplicate), a new producer ID when the broker lost the
+// producer's state. A partition's records beyond MaxMessageBytes go in
+// further rounds, in order. With Options.Linger calls of several messages
+// go through sarama's lingering producer instead, which lets concurrent
+// calls share requests at the price of the linger on each call; one-message
+// calls never linger. Concurrent calls that write to the same partition
+// take turns on it (one batch per partition in flight): many concurrent
+// small calls share requests better with Linger. Message.Key is the record
+// key: its partition is FNV-1a of the key as sarama's hash partitioner
+// computes it (Java clients use murmur2), which keeps one key on one
+// partition, in order; an empty key spreads records over partitions at
 // random. Message.ID travels in the record header courier-id (HeaderID, reserved),
 // Headers are record headers, Payload the record value. Records written by
 // other producers have no courier-id: their ID is "topic-partition-offset".
@@ -70,7 +75,11 @@
 // fetch asks for FetchBytes per partition, so memory stays bounded under a
 // backlog). Without OrderedByKey and with Concurrency above 1, records of
 // one partition may finish out of order; with Concurrency 1 (the default)
-// one record is handled at a time.
+// one record is handled at a time, on one goroutine that takes what the
+// partitions fetched in batches. Received Messages are allocated 32 at a
+// time: a handler that keeps a Message after returning keeps its block
+// (about 5 KiB) in memory, and Payload, Key and ID share the memory of the
+// fetch response they came in, as sarama's records do.
 //
 // Offsets are committed only up to the last contiguously acknowledged
 // record of each partition: the committed offset of a partition is always
@@ -137,7 +146,7 @@
 //	replication_factor        ReplicationFactor of created topics [broker default]
 //	create_topics             false sets NoCreateTopics [true]
 //	max_message_bytes         MaxMessageBytes, producer max.request.size [1000000]
-//	linger                    Linger, linger.ms for calls of several messages [0]
+//	linger                    Linger, linger.ms for calls of several messages [0: none]
 //	publish_timeout           PublishTimeout, delivery.timeout.ms [30s]
 //	compression               Compression: none, gzip, snappy, lz4, zstd [none]
 //	fetch_bytes               FetchBytes, max.partition.fetch.bytes [4 KiB × MaxInFlight,

@@ -48,15 +48,15 @@ type Transport struct {
 	secrets []string
 	limits  transport.Limits
 
-	client   sarama.Client // producer and admin requests
-	producer sarama.SyncProducer
-	// prod sends Publish calls: one round of produce requests per call.
+	client   sarama.Client       // produce and admin requests
+	producer sarama.SyncProducer // for As only: Publish does not use it
+	// prod sends Publish calls: one round of produce requests per call
+	// (see produce.go).
 	prod *producer
 
-	// batchProducer sends calls of several messages: it lingers
-	// (Options.Linger) so they leave as one request per broker, while
-	// producer sends one-message calls at once. Its client is made on the
-	// first such call.
+	// batchProducer sends calls of several messages when Options.Linger
+	// is set: sarama's producer, lingering so that concurrent calls share
+	// requests. Its client is made on the first such call.
 	batchMu       sync.Mutex
 	batchClient   sarama.Client
 	batchProducer sarama.SyncProducer
@@ -182,9 +182,9 @@ func (t *Transport) Capabilities() transport.Capabilities {
 }
 
 // As sets target to one of the native clients: *sarama.Client (the client
-// the producer and admin share), *sarama.SyncProducer (the producer of
-// one-message calls; calls of several messages use a second, lingering
-// producer on its own client),
+// Publish and the admin use), *sarama.SyncProducer (an idempotent sarama
+// producer on that client, for sending records the adapter does not
+// model; Publish itself writes its own produce requests, see produce.go),
 // *sarama.ClusterAdmin or *sarama.Config (a copy of the configuration the
 // transport's clients use).
 func (t *Transport) As(target any) bool {
@@ -203,10 +203,12 @@ func (t *Transport) As(target any) bool {
 	return true
 }
 
-// Publish sends msgs to topic as one batch of produce requests (one per
+// Publish sends msgs to topic as one round of produce requests (one per
 // partition leader, sent together) and returns when the brokers
-// acknowledged every record with acks=all. The idempotent producer keeps
-// retries from duplicating or reordering records. Message.Key is the
+// acknowledged every record with acks=all. The producer is idempotent
+// (producer ID and per-partition sequence numbers), so retries neither
+// duplicate nor reorder records. A partition's records beyond
+// MaxMessageBytes go in further rounds, in order. Message.Key is the
 // record key (the partition is the hash of it; an empty key spreads
 // records over partitions); ID travels in the courier-id header, Headers
 // as record headers.

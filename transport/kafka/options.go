@@ -63,15 +63,14 @@ type Options struct {
 	// below the broker's message.max.bytes and the topic's
 	// max.message.bytes). Default 1000000. URL: max_message_bytes.
 	MaxMessageBytes int
-	// Linger is how long the producer of calls with several messages
-	// waits, from the first record of a batch, for more records before
-	// sending (Kafka's linger.ms). Without it the idempotent producer
-	// (one request in flight per broker) sends a call's first record at
-	// once and the rest in the next request or two, never one request
-	// per message; with it, a call leaves as one produce request per
-	// partition leader, at the cost of the linger on every such call.
-	// One-message calls never linger (they use a producer of their own).
-	// Default 0: no linger, which measured faster on kfake. URL: linger.
+	// Linger makes calls of several messages go through sarama's
+	// producer, which waits this long (Kafka's linger.ms) from the first
+	// record of a batch for more, so that concurrent calls share produce
+	// requests, at the cost of the linger on every such call. Without it
+	// (the default) each call is its own round: every record of the call
+	// is in hand before anything is sent, so the call leaves as exactly
+	// one produce request per partition leader, at once. One-message
+	// calls never linger. Default 0 (no linger). URL: linger.
 	Linger time.Duration
 	// PublishTimeout bounds one Publish call when its ctx has no earlier
 	// deadline (Kafka's delivery.timeout.ms). Default 30s. URL:
@@ -265,7 +264,8 @@ func (o Options) config() (*sarama.Config, error) {
 	c.Metadata.Retry.Max = 5
 	c.Metadata.Retry.Backoff = 200 * time.Millisecond
 
-	// Producer: idempotent, acks=all, one request round per Publish.
+	// Producer (Publish's own and the one As returns): idempotent,
+	// acks=all.
 	c.Producer.Idempotent = true
 	c.Net.MaxOpenRequests = 1 // the idempotent producer needs it
 	c.Producer.RequiredAcks = sarama.WaitForAll

@@ -271,7 +271,7 @@ func (p *producer) sendRound(topic string, round []*pending) error {
 	var mu sync.Mutex
 	for b, group := range byLeader {
 		wg.Add(1)
-		go func() {
+		send := func() {
 			defer wg.Done()
 			req := &sarama.ProduceRequest{RequiredAcks: sarama.WaitForAll, Timeout: p.timeout, Version: p.version}
 			for _, pd := range group {
@@ -313,7 +313,12 @@ func (p *producer) sendRound(topic string, round []*pending) error {
 					pd.giveUp(p, kerr)
 				}
 			}
-		}()
+		}
+		if len(byLeader) == 1 {
+			send() // one leader: no goroutine needed
+		} else {
+			go send()
+		}
 	}
 	wg.Wait()
 	retry = slices.DeleteFunc(retry, func(pd *pending) bool { return pd.err != nil })
