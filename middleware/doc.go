@@ -148,6 +148,9 @@
 //	go test -run '^$' -bench 'StackPaired' -benchtime 300000x ./middleware/
 //
 //	median of 7 rounds, ns/message         bare              recommended        overhead (median of the 7 differences)
+//	Concurrency 1, load 2.1:          (final code, figures of the overhead only)    +757 wall, +841 CPU, +3 allocs (4 → 7)
+//	Concurrency 4, load 2.0:                                                         +798 wall, +1119 CPU, +3 allocs
+//	Conc. 1 headers, load 1.9:                                                       +671 wall, +816 CPU, +1 alloc (10 → 11)
 //	Concurrency 1, load 3.6:          311 wall, 474 CPU   1103 wall, 1240 CPU   +725 wall, +760 CPU, +3 allocs (4 → 7)
 //	Concurrency 1, load 4.8–5.2 (×3): 411–737, 422–479    1422–2625, 1315–1373  +909/+1499/+1914 wall, +882/+916/+941 CPU, +3 allocs
 //	Concurrency 4, load 4.2:          705 wall, 657 CPU   2150 wall, 1625 CPU   +1444 wall, +951 CPU, +3 allocs
@@ -164,7 +167,8 @@
 // Retry's per-attempt context and the correlation header map (two, only
 // for a message that arrives without headers: with one header the stack
 // adds one allocation). The time budget (1.5 µs) is met in CPU time,
-// 0.76–1.1 µs per message at loads 3.6–6 on 2 cores. Wall time at these
+// 0.76–1.1 µs per message at loads 2–6 on 2 cores, and in wall time at
+// load 2 (0.67–0.80 µs). Wall time at these
 // loads swings with the scheduler: at Concurrency 1 the single consumer
 // goroutine is the bottleneck and gets a fraction of a core, so its wall
 // overhead reached 1.50 and 1.91 µs in two of three runs at load 5; the lead's

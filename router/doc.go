@@ -101,6 +101,8 @@
 //	median of 7 rounds            transport, router: wall ns/msg   CPU ns/msg      added: wall, CPU
 //	Concurrency 1, load 0.7:       269, 281                         483, 493        +4.6 %, +1.3 %
 //	Concurrency 4, load 0.8:       512, 520                         701, 744        −1.0 %, +11 %
+//	Concurrency 1, load 1.9:       (overhead only)                                  +7.5 %, +10.5 %
+//	Concurrency 4, load 2.2:       (overhead only)                                  +4.7 %, +2.4 %
 //	Concurrency 1, load 4.4:       (rounds 378–2023, 458–1407)      (354–405, 383–496) +11 %, +14 %
 //	Concurrency 4, load 4.9:       (rounds 560–840, 602–1444)       (555–1107, 597–724) −0.8 %, +6.9 %
 //	Concurrency 1, load 5.4–5.6 (×2): 709, 493 / 716, 742          368, 427 / 424, 494 −1.4 %, +7.1 % / +8.2 %, +18 %
@@ -108,7 +110,7 @@
 //
 // (The load 0.7–0.8 rows ran 100000 messages per round, the others
 // 1000000.) On the quiet machine the throughput target holds at both
-// concurrencies: the router costs 1–5 % in wall time. Under load the per-round wall ratios swing by
+// concurrencies: the router costs 1–5 % in wall time; at load 2, 5–8 %. Under load the per-round wall ratios swing by
 // ±30 % or more with the scheduler (the median moved between −1 % and +31
 // % from run to run at Concurrency 1), and so does the CPU ratio, less:
 // the router's own 35–70 ns against the transport's 350–480 ns per
