@@ -158,6 +158,9 @@
 //	Conc. 1 headers, load 4.3:        1336 wall, 1208 CPU 2159 wall, 1977 CPU   +832 wall, +807 CPU, +1 alloc (10 → 11)
 //	Conc. 1 headers, load 5.7–6.2 (×3): 758–2560, 1260–1418 1481–4612, 2157–2268 +681/+813/+2044 wall, +850/+892/+975 CPU, +1 alloc
 //
+// (The load 3.6–4.3 rows ran before the last MemoryStore change,
+// e878f22; the others on the code as it is.)
+//
 // Before and after, interleaved in one session (the benchmark at commit
 // 567f906, before any of this work, against this one; Concurrency 1, load
 // 3–5.7): overhead +1134/+1235/+1139 ns CPU and +6 allocations before,
