@@ -137,6 +137,11 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (string, err
 		if err != nil {
 			return "", err
 		}
+		// The SDK's default sampler, ParentBased(AlwaysSample), keeps the
+		// one order's trace whole. In production keep the batch processor
+		// and sample by ratio at the root, ParentBased(TraceIDRatioBased(r)),
+		// so a trace is kept or dropped whole across the services; see
+		// "Cost" in the contrib/otel package doc for what each costs.
 		tp := sdktrace.NewTracerProvider(sdktrace.WithResource(res),
 			sdktrace.WithBatcher(texp), sdktrace.WithSpanProcessor(sum))
 		inst, err := courierotel.New(courierotel.Options{TracerProvider: tp, MeterProvider: mp, Logger: log})
