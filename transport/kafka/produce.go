@@ -3,6 +3,7 @@ package kafkatransport
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -30,8 +31,9 @@ import (
 type producer struct {
 	client   sarama.Client
 	version  int16
-	timeout  int32 // ms, the request's acks=all wait
-	maxBatch int   // bytes of one partition's batch (MaxMessageBytes)
+	timeout  int32         // ms, the request's acks=all wait
+	giveUp   time.Duration // no retry starts later than this after a call began (PublishTimeout)
+	maxBatch int           // bytes of one partition's batch (MaxMessageBytes)
 	retries  int
 	backoff  time.Duration
 	codec    sarama.CompressionCodec
@@ -71,6 +73,7 @@ func newProducer(client sarama.Client, cfg *sarama.Config, done <-chan struct{})
 		client:   client,
 		version:  produceVersion(cfg.Version),
 		timeout:  int32(cfg.Producer.Timeout / time.Millisecond),
+		giveUp:   cfg.Producer.Timeout,
 		maxBatch: cfg.Producer.MaxMessageBytes,
 		retries:  cfg.Producer.Retry.Max,
 		backoff:  cfg.Producer.Retry.Backoff,
@@ -176,12 +179,14 @@ type pending struct {
 	n     int    // records in batch
 	gen   uint64 // generation batch was numbered under
 	err   error  // final failure
+	last  error  // last retriable failure
 	tries int
 }
 
 // produce writes recs to topic and returns when every record is
 // acknowledged (acks=all) or failed for good.
 func (p *producer) produce(topic string, recs []outRecord) error {
+	deadline := time.Now().Add(p.giveUp)
 	parts, err := p.client.Partitions(topic)
 	if err != nil || len(parts) == 0 {
 		if err == nil {
@@ -228,7 +233,7 @@ func (p *producer) produce(topic string, recs []outRecord) error {
 		if len(round) == 0 {
 			break
 		}
-		if err := p.sendRound(topic, round); err != nil {
+		if err := p.sendRound(topic, round, deadline); err != nil {
 			return err
 		}
 	}
@@ -242,10 +247,20 @@ func (p *producer) produce(topic string, recs []outRecord) error {
 
 // sendRound sends the current batch of each of round's partitions, one
 // request per leader, all requests at once, and settles the answers.
-func (p *producer) sendRound(topic string, round []*pending) error {
+func (p *producer) sendRound(topic string, round []*pending, deadline time.Time) error {
 	pid, epoch, gen, err := p.identity()
-	if err != nil {
-		return fmt.Errorf("producer ID: %w", err)
+	for try := 0; err != nil; try++ {
+		// No producer ID (brokers unreachable): wait like a failed
+		// request would, within the retry budget.
+		if try >= p.retries || time.Now().After(deadline) {
+			return fmt.Errorf("producer ID: %w", err)
+		}
+		select {
+		case <-p.done:
+			return sarama.ErrShuttingDown
+		case <-time.After(p.backoff):
+		}
+		pid, epoch, gen, err = p.identity()
 	}
 	for _, pd := range round {
 		if pd.batch != nil && pd.gen == gen {
@@ -325,6 +340,14 @@ func (p *producer) sendRound(topic string, round []*pending) error {
 	if len(retry) == 0 {
 		return nil
 	}
+	if time.Now().After(deadline) {
+		// The caller has given up (PublishTimeout): stop holding the
+		// partitions.
+		for _, pd := range retry {
+			pd.giveUp(p, pd.last)
+		}
+		return nil
+	}
 	select {
 	case <-p.done:
 		for _, pd := range retry {
@@ -374,7 +397,7 @@ func (pd *pending) buildBatch(p *producer, pid int64, epoch int16, gen uint64) {
 // ack counts pd's batch as written.
 func (pd *pending) ack() {
 	if pd.ps.gen == pd.gen {
-		pd.ps.seq += int32(pd.n)
+		pd.ps.seq = nextSeq(pd.ps.seq, pd.n)
 	}
 	pd.next += pd.n
 	pd.batch = nil
@@ -384,6 +407,7 @@ func (pd *pending) ack() {
 // fail counts a retriable failure of pd's batch; past the retry limit it
 // is final (giveUp).
 func (pd *pending) fail(p *producer, err error) {
+	pd.last = err
 	pd.tries++
 	if pd.tries > p.retries {
 		pd.giveUp(p, err)
@@ -399,6 +423,12 @@ func (pd *pending) giveUp(p *producer, err error) {
 		p.reset(pd.gen)
 	}
 	pd.batch = nil
+}
+
+// nextSeq is seq advanced by n: Kafka's sequence numbers wrap from
+// MaxInt32 to 0.
+func nextSeq(seq int32, n int) int32 {
+	return int32((int64(seq) + int64(n)) % (math.MaxInt32 + 1))
 }
 
 // producerStateLost reports answers after which the producer needs a new
