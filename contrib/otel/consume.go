@@ -184,12 +184,12 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	var okOpt metric.MeasurementOption // the attribute set without error.type
 	if measure {
 		okOpt = names.ok
-		i.consumed.Add(ctx, 1, names.add...)
+		i.consumed.Add(sctx, 1, names.add...)
 	}
 	if m.Attempt > 1 {
 		span.AddEvent(EventRedelivered, trace.WithAttributes(AttemptKey.Int(m.Attempt)))
 		if measure {
-			i.redelivered.Add(ctx, 1, okOpt)
+			i.redelivered.Add(sctx, 1, okOpt)
 		}
 	}
 
@@ -215,9 +215,9 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	}
 	if measure {
 		if et == "" {
-			i.processDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
+			i.processDur.Record(sctx, time.Since(start).Seconds(), names.rec...)
 		} else {
-			i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "", topic, group, et))
+			i.processDur.Record(sctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "", topic, group, et))
 		}
 	}
 	span.End()

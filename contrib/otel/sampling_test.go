@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -79,5 +80,59 @@ func TestUnsampledParent(t *testing.T) {
 			wantAttr(t, proc, "app.tenant", "t1")
 			wantChild(t, proc, send)
 		})
+	}
+}
+
+// The consumer side's measurements are taken in the process span's
+// context, so with the SDK's default exemplar filter (trace_based) the
+// exemplars of messaging.process.duration and
+// messaging.client.consumed.messages point at the process span of a
+// sampled message; the publish side's point at the caller's span.
+func TestExemplarsPointAtSpans(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	inst, reader := newInst(t, sr, courierotel.Options{System: "mem"})
+	dc := &directConn{h: inst.Middleware(courierotel.ConsumerOptions{Group: "g"})(
+		message.HandlerFunc(func(context.Context, *message.Message) error { return nil }))}
+	ctx, req := inst.Tracer().Start(context.Background(), "request")
+	if err := inst.Publisher(dc).Publish(ctx, "orders", message.New([]byte("p"))); err != nil {
+		t.Fatal(err)
+	}
+	req.End()
+	proc := findSpan(sr.Ended(), "process orders")
+	if proc == nil {
+		t.Fatalf("no process span:\n%s", dumpSpans(sr.Ended()))
+	}
+	rm := collect(t, reader)
+	exemplarSpans := func(name string) []trace.SpanID {
+		m, ok := findMetric(rm, name)
+		if !ok {
+			t.Fatalf("no %s", name)
+		}
+		var ids []trace.SpanID
+		switch d := m.Data.(type) {
+		case metricdata.Histogram[float64]:
+			for _, p := range d.DataPoints {
+				for _, e := range p.Exemplars {
+					ids = append(ids, trace.SpanID(e.SpanID))
+				}
+			}
+		case metricdata.Sum[int64]:
+			for _, p := range d.DataPoints {
+				for _, e := range p.Exemplars {
+					ids = append(ids, trace.SpanID(e.SpanID))
+				}
+			}
+		}
+		return ids
+	}
+	for name, want := range map[string]trace.SpanID{
+		"messaging.process.duration":          proc.SpanContext().SpanID(),
+		"messaging.client.consumed.messages":  proc.SpanContext().SpanID(),
+		"messaging.client.operation.duration": req.SpanContext().SpanID(),
+	} {
+		ids := exemplarSpans(name)
+		if len(ids) != 1 || ids[0] != want {
+			t.Errorf("%s: exemplar spans %v, want [%s]", name, ids, want)
+		}
 	}
 }
