@@ -98,6 +98,24 @@ type Server struct {
 	slow atomic.Pointer[slowdown]
 	// calls counts the requests per action (Calls).
 	calls sync.Map // action → *atomic.Int64
+	// active counts the requests being served (WaitIdle).
+	active atomic.Int64
+}
+
+// WaitIdle returns once no request is being served, or with ctx's error.
+// A client that cancelled a long poll has its answer at once, while the
+// emulator may still be serving it (and may still take messages for it,
+// which then stay invisible for the visibility timeout): a benchmark that
+// fills a queue after a drain waits for this first.
+func (g *Server) WaitIdle(ctx context.Context) error {
+	for g.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Calls is how many requests of action ("SendMessageBatch",
@@ -166,6 +184,8 @@ var goawsWriters = map[string]bool{
 }
 
 func (g *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.active.Add(1)
+	defer g.active.Add(-1)
 	if sl := g.slow.Load(); sl != nil {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -225,6 +245,11 @@ func (g *Server) longPoll(w http.ResponseWriter, r *http.Request) {
 	short, _ := json.Marshal(req)
 	deadline := time.Now().Add(time.Duration(wait * float64(time.Second)))
 	for {
+		if r.Context().Err() != nil {
+			// The client is gone: take no messages for it (goaws would
+			// hide them for the visibility timeout).
+			return
+		}
 		rec := httptest.NewRecorder()
 		rr := r.Clone(r.Context())
 		rr.Body = io.NopCloser(bytes.NewReader(short))

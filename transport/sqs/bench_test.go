@@ -294,11 +294,24 @@ func BenchmarkDrain(b *testing.B) {
 	_, quID := benchQueue(b, rawTr, name(b))
 	tr := open(b, sqstransport.ModeSQS, sqstransport.Options{Receivers: benchWorkers})
 	topic := name(b)
-	benchQueue(b, tr, topic)
+	_, quAdapter := benchQueue(b, tr, topic)
 	p := newPairing(b.N, drainRound, "raw", "raw-id", "adapter")
 	b.ResetTimer()
 	for r, n := range p.msgs {
 		b.StopTimer()
+		// Start every round alike: the emulator done with the long polls
+		// the last round cancelled (one still running could take messages
+		// of this round and hide them for the visibility timeout), and the
+		// queues empty.
+		if emu != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := emu.WaitIdle(ctx)
+			cancel()
+			if err != nil {
+				b.Fatalf("goaws still busy after round %d: %v", r, err)
+			}
+		}
+		purge(b, c, quRaw, quID, quAdapter)
 		rawSend(b, c, quRaw, body, n, false)
 		rawSend(b, c, quID, body, n, true)
 		adapterSend(b, tr, topic, payload, n)
