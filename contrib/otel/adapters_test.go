@@ -144,6 +144,8 @@ func TestLagOnAdapters(t *testing.T) {
 				cleanupNATS(t, url, topic)
 			case "rabbitmq":
 				cleanupRabbitMQ(t, url, map[string][]string{topic: {"late"}})
+			case "sns", "sqs":
+				cleanupSQS(t, url, topic)
 			}
 			conn := openURL(url)(t)
 			inst, reader := newInst(t, tracetest.NewSpanRecorder(), courierotel.Options{})

@@ -7,10 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/courierkit/courier/transport"
 	amqptransport "github.com/courierkit/courier/transport/amqp"
 )
 
@@ -89,6 +93,71 @@ func cleanupRabbitMQ(t testing.TB, url string, groups map[string][]string) {
 				del("queue "+q, func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err })
 			}
 			del("exchange "+topic, func(ch *amqp.Channel) error { return ch.ExchangeDelete(topic, false, false) })
+		}
+	})
+}
+
+// cleanupSQS deletes, at cleanup, the SQS queues whose names start with
+// one of topics (the topic's queue on sqs://, "<topic>-<group>" on sns://)
+// and the SNS topics named topics, through a connection of its own to url.
+// The in-process goaws forgets everything with the test binary anyway; an
+// external service (COURIER_SQS_ENDPOINT) keeps what is not deleted.
+func cleanupSQS(t testing.TB, url string, topics ...string) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := transport.Open(ctx, url)
+		if err != nil {
+			t.Errorf("cleanup: open: %v", err)
+			return
+		}
+		defer conn.Close()
+		var sq *sqs.Client
+		var sn *sns.Client
+		if !conn.As(&sq) || !conn.As(&sn) {
+			t.Errorf("cleanup: %T gives no SQS/SNS client", conn)
+			return
+		}
+		for _, topic := range topics {
+			out, err := sq.ListQueues(ctx, &sqs.ListQueuesInput{QueueNamePrefix: aws.String(topic)})
+			if err != nil {
+				t.Errorf("cleanup: list queues %s: %v", topic, err)
+				continue
+			}
+			for _, q := range out.QueueUrls {
+				if !strings.Contains(q, "/"+topic) { // goaws ignores the prefix
+					continue
+				}
+				if _, err := sq.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: aws.String(q)}); err != nil {
+					t.Errorf("cleanup: delete queue %s: %v", q, err)
+				}
+			}
+		}
+		if !strings.HasPrefix(url, "sns:") {
+			return
+		}
+		var next *string
+		for {
+			out, err := sn.ListTopics(ctx, &sns.ListTopicsInput{NextToken: next})
+			if err != nil {
+				t.Errorf("cleanup: list topics: %v", err)
+				return
+			}
+			for _, tp := range out.Topics {
+				arn := aws.ToString(tp.TopicArn)
+				for _, topic := range topics {
+					if strings.HasSuffix(arn, ":"+topic) {
+						if _, err := sn.DeleteTopic(ctx, &sns.DeleteTopicInput{TopicArn: tp.TopicArn}); err != nil {
+							t.Errorf("cleanup: delete topic %s: %v", arn, err)
+						}
+					}
+				}
+			}
+			if out.NextToken == nil {
+				return
+			}
+			next = out.NextToken
 		}
 	})
 }

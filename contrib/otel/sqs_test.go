@@ -66,6 +66,7 @@ func TestTraceAcrossThreeServicesSQS(t *testing.T) {
 		t.Run(scheme, func(t *testing.T) {
 			url := snsURL(t, scheme)
 			orders, payments := unique("otel-orders"), unique("otel-payments")
+			cleanupSQS(t, url, orders, payments)
 			r := runChain(t, "aws_sqs", openURL(url), orders, payments)
 			checkChain(t, "aws_sqs", r, orders, payments)
 		})
@@ -81,6 +82,7 @@ func TestTraceContextWithManyHeadersSQS(t *testing.T) {
 		t.Run(scheme, func(t *testing.T) {
 			url := snsURL(t, scheme)
 			topic := unique("otel-many")
+			cleanupSQS(t, url, topic)
 			sr := tracetest.NewSpanRecorder()
 			instP, _ := newInst(t, sr, courierotel.Options{})
 			instC, _ := newInst(t, sr, courierotel.Options{})
