@@ -439,11 +439,12 @@ func (s *subscription) consumeLoop(pt *partState, msgs <-chan *sarama.ConsumerMe
 }
 
 // hand passes a partition's admitted deliveries on. With Concurrency 1
-// they go to the feeder, the one goroutine that runs handlers: partitions
-// keep reading while it works, and it takes what queued meanwhile as one
-// batch, where partitions taking turns on a lock would hand it over (a
-// goroutine wake-up) for nearly every message. With more concurrency the
-// partition's reader hands them to the Dispatcher's workers itself.
+// the handler turn (serial) is taken only by whoever runs handlers: when
+// it is free and nothing is queued the reader runs them itself (no
+// goroutine hand-off for an idle subscription); otherwise they join the
+// queue, which the feeder takes as one batch when the turn comes, so a
+// reader never waits for another partition's handlers. With more
+// concurrency the reader hands them to the Dispatcher's workers itself.
 func (s *subscription) hand(pt *partState, ds []*delivery) {
 	if len(ds) == 0 {
 		return
@@ -451,6 +452,17 @@ func (s *subscription) hand(pt *partState, ds []*delivery) {
 	if s.serial == nil {
 		s.dispatch(ds)
 		return
+	}
+	// Idle subscription (no handler running, nothing queued): run them
+	// here, saving the feeder's wake-up. Queued deliveries are only taken
+	// with the turn held, so nothing queued can be overtaken.
+	if s.serial.TryLock() {
+		if s.q.empty() {
+			s.dispatchRuns(ds)
+			s.serial.Unlock()
+			return
+		}
+		s.serial.Unlock()
 	}
 	if !s.q.push(ds...) {
 		for _, d := range ds {
@@ -465,11 +477,24 @@ func (s *subscription) releasePart(pt *partState) {
 	s.mu.Unlock()
 }
 
-// feed passes queued deliveries to the Dispatcher, one at a time (with
-// Concurrency 1 the handler runs right here).
+// feed passes queued deliveries (held behind a key, redelivered, or
+// queued while the handler turn was taken) to the Dispatcher; with
+// Concurrency 1 their handlers run right here, with the turn held.
 func (s *subscription) feed() {
 	var batch []*delivery
 	for {
+		if s.serial != nil {
+			// Take the queue with the turn held (see hand).
+			if !s.q.wait() {
+				return
+			}
+			s.serial.Lock()
+			batch = s.q.take(batch[:0])
+			s.dispatchRuns(batch)
+			s.serial.Unlock()
+			clear(batch)
+			continue
+		}
 		var ok bool
 		batch, ok = s.q.popAll(batch[:0])
 		if !ok {
@@ -494,6 +519,11 @@ func (s *subscription) dispatch(ds []*delivery) {
 		s.serial.Lock()
 		defer s.serial.Unlock()
 	}
+	s.dispatchRuns(ds)
+}
+
+// dispatchRuns is dispatch with the handler turn (Concurrency 1) held.
+func (s *subscription) dispatchRuns(ds []*delivery) {
 	for len(ds) > 0 {
 		pt := ds[0].pt
 		n := 1
@@ -991,6 +1021,39 @@ func (q *queue) popAll(buf []*delivery) ([]*delivery, bool) {
 			return buf, false
 		}
 		q.mu.Unlock()
+		<-q.signal
+	}
+}
+
+// take moves every queued delivery into buf without waiting.
+func (q *queue) take(buf []*delivery) []*delivery {
+	q.mu.Lock()
+	buf = append(buf, q.items...)
+	clear(q.items)
+	q.items = q.items[:0]
+	q.mu.Unlock()
+	return buf
+}
+
+func (q *queue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) == 0
+}
+
+// wait blocks until something is queued; false once the queue is closed
+// and empty.
+func (q *queue) wait() bool {
+	for {
+		q.mu.Lock()
+		n, closed := len(q.items), q.closed
+		q.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+		if closed {
+			return false
+		}
 		<-q.signal
 	}
 }
