@@ -3,6 +3,7 @@ package kafkatransport_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -133,5 +134,101 @@ func TestPublishRetriesKeepEveryRecordOnce(t *testing.T) {
 	}
 	if count["after"] != 1 {
 		t.Errorf("the message after the retries: %d records, want 1", count["after"])
+	}
+}
+
+// Concurrent Publish calls that share partitions take turns on them: every
+// record lands once, and each caller's records of a key stay in order.
+func TestPublishConcurrentCalls(t *testing.T) {
+	o := testOptions(t)
+	tr := newTransport(t, o)
+	topic := name(t, "t")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := tr.Publish(ctx, topic, message.New(nil)); err != nil { // creates the topic
+		t.Fatal(err)
+	}
+	const callers, calls, per = 6, 15, 8
+	errs := make(chan error, callers)
+	for c := range callers {
+		go func() {
+			for i := range calls {
+				var ms []*message.Message
+				for j := range per {
+					n := i*per + j
+					ms = append(ms, &message.Message{ID: "c" + strconv.Itoa(c) + "-" + strconv.Itoa(n), Key: strconv.Itoa(c*10 + n%4)})
+				}
+				if err := tr.Publish(ctx, topic, ms...); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var client sarama.Client
+	tr.As(&client)
+	cons, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	last := map[string]int{}
+	for _, p := range parts {
+		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hwm == 0 {
+			continue
+		}
+		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for done := false; !done; {
+			select {
+			case m := <-pc.Messages():
+				done = m.Offset == hwm-1
+				var id string
+				for _, h := range m.Headers {
+					if string(h.Key) == "courier-id" {
+						id = string(h.Value)
+					}
+				}
+				count[id]++
+				if len(m.Key) == 0 {
+					continue
+				}
+				var c, n int
+				if _, err := fmt.Sscanf(id, "c%d-%d", &c, &n); err != nil {
+					t.Fatalf("id %q: %v", id, err)
+				}
+				if prev, ok := last[string(m.Key)]; ok && n < prev {
+					t.Errorf("key %s: %s after %d", m.Key, id, prev)
+				}
+				last[string(m.Key)] = n
+			case <-time.After(10 * time.Second):
+				t.Fatalf("partition %d: nothing read within 10s", p)
+			}
+		}
+		pc.Close()
+	}
+	for c := range callers {
+		for n := range calls * per {
+			if id := "c" + strconv.Itoa(c) + "-" + strconv.Itoa(n); count[id] != 1 {
+				t.Errorf("%s: %d records, want 1", id, count[id])
+			}
+		}
 	}
 }
