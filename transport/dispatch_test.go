@@ -441,3 +441,54 @@ func BenchmarkDispatcher(b *testing.B) {
 		d.Stop(context.Background())
 	})
 }
+
+// TestDispatcherManyWaiters: with every token taken, blocked Deliver calls
+// queue; some give up (their ctx ends) and the rest still get through as
+// tokens return, none lost.
+func TestDispatcherManyWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var handled atomic.Int32
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			<-release
+			handled.Add(1)
+			return nil
+		}), transport.DispatchOptions{Subscribe: transport.SubscribeOptions{Concurrency: 2, MaxInFlight: 2}})
+		a := &countAcker{}
+		for i := range 2 { // take both tokens
+			if err := d.Deliver(context.Background(), &message.Message{ID: "first" + strconv.Itoa(i)}, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		var gaveUp atomic.Int32
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := context.Background()
+				if i%4 == 3 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, time.Second)
+					defer cancel()
+				}
+				if err := d.Deliver(ctx, &message.Message{ID: strconv.Itoa(i)}, a); err != nil {
+					gaveUp.Add(1)
+				}
+			}()
+		}
+		time.Sleep(2 * time.Second) // the timed waiters give up
+		synctest.Wait()
+		if gaveUp.Load() != 5 {
+			t.Fatalf("%d Deliver calls gave up, want the 5 with a deadline", gaveUp.Load())
+		}
+		close(release)
+		wg.Wait()
+		if err := d.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if handled.Load() != 17 || a.acks.Load() != 17 {
+			t.Errorf("handled %d, acked %d; want 17", handled.Load(), a.acks.Load())
+		}
+	})
+}
