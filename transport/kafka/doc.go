@@ -45,9 +45,10 @@
 // batches of the whole call first and sends exactly one produce request
 // per partition leader broker, all at once (sarama's producer takes
 // records one at a time and, without a linger, sends the first alone and
-// the rest in 2 to 5 further requests). For that Publish writes its own
-// produce requests on sarama's client and protocol types, with the
-// idempotent producer's rules: a producer ID from InitProducerID,
+// the rest in the requests that follow: 2 to 5 requests for a call of 100
+// records on kfake). For that Publish writes its own produce requests on
+// sarama's client and protocol types, with the idempotent producer's
+// rules: a producer ID from InitProducerID,
 // gap-free sequence numbers per partition, one batch per partition in
 // flight, a failed batch sent again with the same numbers (the broker
 // drops a duplicate), a new producer ID when the broker lost the
