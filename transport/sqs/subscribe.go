@@ -498,12 +498,31 @@ func (s *sub) extend(inf *inflight, full time.Duration) {
 }
 
 // deleter gathers acks into batches of 10 (or what came within
-// AckLinger) and sends each as a DeleteMessageBatch, up to parallel calls
-// at once, until s.acks closes and every call returned.
+// AckLinger) and hands each to one of parallel senders, each sending one
+// DeleteMessageBatch at a time, until s.acks closes and every call
+// returned. The senders live as long as the subscription: a goroutine per
+// batch would grow a fresh stack to the SDK's depth every time (about a
+// tenth of the receiving side's CPU).
 func (s *sub) deleter(parallel int) {
-	sem := make(chan struct{}, parallel)
-	var calls sync.WaitGroup
-	defer calls.Wait()
+	batches := make(chan []string)
+	var senders sync.WaitGroup
+	for range parallel {
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			for batch := range batches {
+				s.deleteBatch(batch)
+			}
+		}()
+	}
+	defer func() {
+		close(batches)
+		senders.Wait()
+	}()
+	// One timer for every batch (Stop and Reset need no draining since
+	// Go 1.23).
+	timer := time.NewTimer(s.t.o.AckLinger)
+	timer.Stop()
 	for {
 		rh, ok := <-s.acks
 		if !ok {
@@ -511,7 +530,7 @@ func (s *sub) deleter(parallel int) {
 		}
 		batch := make([]string, 1, maxBatch)
 		batch[0] = rh
-		timer := time.NewTimer(s.t.o.AckLinger)
+		timer.Reset(s.t.o.AckLinger)
 		open := true
 	fill:
 		for len(batch) < maxBatch {
@@ -527,12 +546,7 @@ func (s *sub) deleter(parallel int) {
 			}
 		}
 		timer.Stop()
-		sem <- struct{}{}
-		calls.Add(1)
-		go func() {
-			defer func() { <-sem; calls.Done() }()
-			s.deleteBatch(batch)
-		}()
+		batches <- batch
 		if !open {
 			return
 		}
