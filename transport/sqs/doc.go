@@ -280,20 +280,21 @@
 //
 //	Publish  adapter 36 000-44 000 msg/s; 69-74 % of raw (by CPU 68-74 %);
 //	         91-97 % of raw-id (by CPU 90-97 %)
-//	Drain    adapter 21 000-23 000 msg/s; 83-92 % of raw, median 86 % (by
+//	Drain    adapter 20 000-23 000 msg/s; 83-92 % of raw, median 86 % (by
 //	         CPU 82-88 %); 89-99 % of raw-id, median 93 % (by CPU 89-94 %)
 //
 // Against the target of 90 % of raw: met against raw-id for both
 // (publish in every run, drain in 6 of 7); not met against raw, publish
-// by far. On goaws one message attribute costs about 5 us of CPU per
+// by far. On goaws one message attribute costs about 5-9 us of CPU per
 // published message (the SDK serializes the attribute map, goaws decodes
 // it, hashes it with MD5 and keeps it), so raw-id itself publishes at
 // about 75 % of raw; courier must carry the message ID, and the only
 // place free of that cost is the body, which would end the promise that
-// the body is the payload for other consumers of the queue. Received, the
-// attribute costs raw-id about 5 % against raw. The same benchmarks run
-// on the code before this round of work (a0a664c) gave 90 % of raw-id for
-// publish and 91 % for drain (two runs each).
+// the body is the payload for other consumers of the queue. Received,
+// the attribute costs raw-id 2-5 % of raw's throughput (8 % of its CPU).
+// The same benchmarks run on the code before this round of work
+// (a0a664c) gave 90 % of raw-id for publish and 91 % for drain (two runs
+// each).
 //
 // The adapter's own cost, free of the emulator (the SDK against a stub
 // HTTP client), in about 40 s:
