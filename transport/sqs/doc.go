@@ -255,6 +255,10 @@
 //	go test -run '^$' -bench 'Publish$' -benchtime 81000x ./transport/sqs
 //	go test -run '^$' -bench 'Drain$' -benchtime 60000x ./transport/sqs
 //
+// or both in one command of about 30 s (then 13 drain rounds):
+//
+//	go test -run '^$' -bench 'Publish$|Drain$' -benchtime 81000x ./transport/sqs
+//
 // Three sides run in one process against one goaws, taking turns (publish:
 // 9 rounds of 9 000 messages per side in turns of 1 000; drain: 10 rounds
 // of three turns of 2 000 per side, each side's backlog filled before its
