@@ -61,6 +61,14 @@ type Transport struct {
 	pubSlots chan struct{}
 	pubIdle  chan *pubChan
 	bg       sync.WaitGroup
+
+	// Channel work still sending frames (a consumer channel's
+	// basic.cancel and channel.close, a publish channel's close, a Ping
+	// or Lag channel): Shutdown lets it finish before it closes the
+	// connections, since a frame on a channel that the broker has already
+	// dropped is a connection error (504 "expected 'channel.open'").
+	chanBusy int
+	chanIdle chan struct{} // closed when chanBusy drops to 0
 }
 
 // link is one of the Transport's two connections, with its reconnect
@@ -160,21 +168,51 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 // broker cannot hold it.
 const closeWait = 2 * time.Second
 
-// async runs f in a goroutine that Close waits for, or at once when the
-// transport is closed (its connections are gone, so f does not block).
-func (t *Transport) async(f func()) {
+// chanTask runs f, which sends frames on a channel (its close handshake,
+// a basic.cancel), in a goroutine that Close waits for and that Shutdown
+// lets finish before closing the connections. Once the transport is
+// closed it does nothing: the connection's close ends its channels, and
+// a frame sent after the connection.close could only provoke a 504.
+func (t *Transport) chanTask(f func()) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		f()
 		return
 	}
 	t.bg.Add(1)
+	t.chanStartLocked()
 	t.mu.Unlock()
 	go func() {
 		defer t.bg.Done()
+		defer t.chanDone()
 		f()
 	}()
+}
+
+func (t *Transport) chanStartLocked() {
+	t.chanBusy++
+	if t.chanBusy == 1 {
+		t.chanIdle = make(chan struct{})
+	}
+}
+
+func (t *Transport) chanDone() {
+	t.mu.Lock()
+	t.chanBusy--
+	if t.chanBusy == 0 {
+		close(t.chanIdle)
+	}
+	t.mu.Unlock()
+}
+
+// chansIdle returns a channel closed once no chanTask is running.
+func (t *Transport) chansIdle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.chanBusy == 0 {
+		return closedChan
+	}
+	return t.chanIdle
 }
 
 const (
@@ -413,6 +451,14 @@ func (t *Transport) isConnLoss(c *amqp.Connection, err error) bool {
 	return errors.Is(err, amqp.ErrClosed) || errors.Is(err, net.ErrClosed)
 }
 
+// closeCrossed reports whether err, returned by a connection's close
+// handshake, is the broker's 504 CHANNEL_ERROR: a frame for a channel the
+// broker had already dropped reached it while the connection was closing.
+func closeCrossed(err error) bool {
+	var ae *amqp.Error
+	return errors.As(err, &ae) && ae.Code == amqp.ChannelError
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -450,6 +496,19 @@ func (t *Transport) As(target any) bool {
 // Subscribe returns transport.ErrClosed (as soon as its handlers return;
 // Close does not wait for them). It is idempotent and safe to call
 // concurrently.
+//
+// Close returns an error when a connection's close handshake fails:
+// the broker ended the connection for another reason while it was being
+// closed (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, a frame error, ...).
+// It does not report a broker's 504 CHANNEL_ERROR reply (for example
+// "expected 'channel.open'"), nor a connection already lost or a
+// handshake that outlasts its 2 s bound: a 504 at that point means a
+// frame on a channel crossed the close (a handler's late ack after Close,
+// a channel close still under way), which loses nothing — unsettled
+// deliveries return to their queues and every Publish has reported its
+// own outcome to its caller. That case is logged at Warn with the
+// connection's role. Shutdown lets its own channel work finish first so
+// that, on a broker that answers, it does not happen there.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed {
@@ -463,6 +522,7 @@ func (t *Transport) Close() error {
 		close(t.done)
 	}
 	conns := []*amqp.Connection{t.pub.conn, t.sub.conn}
+	roles := []string{t.pub.role, t.sub.role}
 	t.pub.conn, t.sub.conn = nil, nil
 	subs := make([]*subscription, 0, len(t.subs))
 	for s := range t.subs {
@@ -470,6 +530,11 @@ func (t *Transport) Close() error {
 	}
 	t.mu.Unlock()
 	for _, s := range subs {
+		// No settle may follow the connection.close (see consumerChan);
+		// the broker requeues what is unsettled.
+		if c := s.cur.Load(); c != nil {
+			c.stop()
+		}
 		s.d.Cancel()
 	}
 	errs := make([]error, len(conns))
@@ -484,7 +549,13 @@ func (t *Transport) Close() error {
 			// An unresponsive broker (or one in a resource alarm, which
 			// stops reading from publishing connections) cannot hold
 			// Close longer than closeWait.
-			if cerr := c.CloseDeadline(time.Now().Add(closeWait)); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) && !isTimeout(cerr) {
+			cerr := c.CloseDeadline(time.Now().Add(closeWait))
+			switch {
+			case cerr == nil || errors.Is(cerr, amqp.ErrClosed) || isTimeout(cerr):
+			case closeCrossed(cerr):
+				t.log.Warn("amqptransport: the broker ended the connection with a channel error while it was being closed (a frame crossed the close; nothing is lost)",
+					"connection", roles[i], "error", t.scrub(cerr).Error())
+			default:
 				errs[i] = t.scrub(fmt.Errorf("amqptransport: close: %w", cerr))
 			}
 		}()
@@ -499,8 +570,8 @@ func (t *Transport) Close() error {
 }
 
 // Shutdown stops every subscription from taking messages (basic.cancel),
-// waits for running handlers and their acks and for running Publish
-// calls, and closes. When ctx ends first, it cancels the handlers'
+// waits for running handlers and their acks, for running Publish calls
+// and (at most 2 s) for the channels' close handshakes, and closes. When ctx ends first, it cancels the handlers'
 // context, closes at once (what is unacked returns to the queues) and
 // returns ctx.Err().
 func (t *Transport) Shutdown(ctx context.Context) error {
@@ -535,6 +606,19 @@ func (t *Transport) Shutdown(ctx context.Context) error {
 			case <-t.closedCh:
 				return nil
 			}
+		}
+		// Let channel closes and consumer cancels under way finish, so
+		// none of their frames follows the connection.close (at most
+		// closeWait: an unresponsive broker cannot hold Shutdown).
+		wait := time.NewTimer(closeWait)
+		defer wait.Stop()
+		select {
+		case <-t.chansIdle():
+		case <-wait.C:
+			t.log.Warn("amqptransport: channel close handshakes still under way at shutdown; closing the connections anyway")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.closedCh:
 		}
 		return nil
 	}()

@@ -226,7 +226,40 @@
 // cancelled; their messages return to the queue; the AMQP close handshake
 // waits at most 2s for an unresponsive broker); Shutdown stops the
 // consumers (basic.cancel), lets running handlers finish and land their
-// acks, waits for running Publish calls and closes.
+// acks, waits for running Publish calls and for the channels' close
+// handshakes (at most 2s more), and closes.
+//
+// # Closing order
+//
+// RabbitMQ drops a channel when it answers channel.close (and every
+// channel when the client sends connection.close); a frame that reaches
+// it afterwards on that channel number — an ack, a basic.cancel, a
+// channel.close — is a connection error: 504 CHANNEL_ERROR "expected
+// 'channel.open'", which ends the whole connection and every
+// subscription on it. The client library does not prevent that: a frame
+// sent by one goroutine while another waits for close-ok still goes out.
+// So the adapter orders its own frames: a subscription's basic.cancel is
+// answered before its channel.close is sent; handlers' settles on a
+// consumer channel that is being closed fail with amqp091.ErrClosed
+// without being sent (the broker requeues those deliveries, so nothing is
+// lost; the Dispatcher logs the failed settle); Shutdown lets every
+// channel close, cancel and Ping/Lag channel finish before its
+// connection.close; and after Close has begun nothing more is sent on a
+// consumer channel. (Before 2026-11-22 the cancel and the close ran in
+// two unordered goroutines that Shutdown did not wait for: a basic.cancel
+// could follow the connection.close, and Shutdown then returned
+// "amqptransport: close: Exception (504) ... expected 'channel.open'".)
+//
+// Close and Shutdown report a close handshake that fails for a reason of
+// the broker's (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, a frame error,
+// an I/O error). They do not report a 504 CHANNEL_ERROR received in reply
+// to their connection.close: it can then only come from a frame that
+// crossed the close (a Publish or a handler still running when Close cut
+// them off), nothing is lost by it (unsettled deliveries return to their
+// queues, every Publish has told its caller its outcome), and the
+// connection was being closed anyway. It is logged at Warn with the
+// connection's role. A 504 while the transport runs is a lost connection
+// like any other: it is logged and reconnected.
 //
 // # Capabilities
 //

@@ -119,10 +119,12 @@ func (t *Transport) onChannel(ctx context.Context, conn *amqp.Connection, f func
 		return transport.ErrClosed
 	}
 	t.bg.Add(1)
+	t.chanStartLocked() // Shutdown lets it finish before closing conn
 	t.mu.Unlock()
 	res := make(chan error, 1)
 	go func() {
 		defer t.bg.Done()
+		defer t.chanDone()
 		ch, err := conn.Channel()
 		if err != nil {
 			res <- fmt.Errorf("open channel: %w", err)

@@ -358,7 +358,7 @@ func (pc *pubChan) close() {
 	pc.mu.Lock()
 	pc.dead = true
 	pc.mu.Unlock()
-	pc.closeOnce.Do(func() { pc.t.async(func() { _ = pc.ch.Close() }) })
+	pc.closeOnce.Do(func() { pc.t.chanTask(func() { _ = pc.ch.Close() }) })
 }
 
 // publish sends out back to back and then waits for every confirm (or the

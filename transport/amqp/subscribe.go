@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ type subscription struct {
 	opts   transport.SubscribeOptions
 	d      *transport.Dispatcher
 	exited chan struct{}
+	cur    atomic.Pointer[consumerChan] // the channel consuming now; nil between channels
 }
 
 // QueueName is the durable queue a group of a topic consumes from:
@@ -182,8 +184,13 @@ func (s *subscription) run(ctx context.Context) error {
 		case <-runCtx.Done():
 		}
 	}()
-	var ch *amqp.Channel
-	finish := func(err error) error {
+	var cc *consumerChan
+	// finish ends the subscription. When cancelled is not nil a
+	// basic.cancel is under way on cc; the channel is closed only after
+	// it, so the cancel never follows the channel.close (the broker
+	// answers a frame on a channel it has dropped by closing the whole
+	// connection: 504 "expected 'channel.open'").
+	finish := func(err error, cancelled <-chan struct{}) error {
 		if ctx.Err() != nil {
 			s.d.Cancel()
 			err = ctx.Err()
@@ -191,34 +198,40 @@ func (s *subscription) run(ctx context.Context) error {
 			err = transport.ErrClosed
 		}
 		_ = s.d.Stop(context.Background())
-		if ch != nil {
-			// Unacked messages return to the queue when the channel
-			// closes; the handshake runs in the background so an
-			// unresponsive broker cannot hold Subscribe.
-			c := ch
-			t.async(func() { _ = c.Close() })
+		if cc == nil {
+			return err
 		}
+		// Unacked messages return to the queue when the channel
+		// closes; the handshake runs in the background so an
+		// unresponsive broker cannot hold Subscribe.
+		c := cc
+		t.chanTask(func() {
+			if cancelled != nil {
+				<-cancelled
+			}
+			_ = c.close()
+		})
 		return err
 	}
 	first := true
 	for {
 		conn, _, err := t.sub.connection(runCtx)
 		if err != nil {
-			return finish(err)
+			return finish(err, nil)
 		}
 		var dl <-chan amqp.Delivery
 		var queue, tag string
-		ch, dl, queue, tag, err = s.start(conn)
+		cc, dl, queue, tag, err = s.start(conn)
 		if err != nil {
-			ch = nil
+			cc = nil
 			if runCtx.Err() != nil {
-				return finish(runCtx.Err())
+				return finish(runCtx.Err(), nil)
 			}
 			if !t.isConnLoss(conn, err) {
 				if !first {
 					t.log.Error("amqptransport: subscription cannot resume", "topic", s.topic, "group", s.opts.Group, "error", t.scrub(err).Error())
 				}
-				return finish(t.scrub(err))
+				return finish(t.scrub(err), nil)
 			}
 			select {
 			case <-runCtx.Done():
@@ -226,32 +239,100 @@ func (s *subscription) run(ctx context.Context) error {
 			}
 			continue
 		}
+		s.cur.Store(cc)
+		if t.isClosed() {
+			cc.stop() // Close may have missed it
+		}
 		if !first {
 			t.log.Info("amqptransport: subscription resumed", "topic", s.topic, "group", s.opts.Group, "queue", queue)
 		}
 		first = false
-		lost := s.consume(runCtx, ch, dl, queue)
+		lost := s.consume(runCtx, cc, dl, queue)
 		if !lost {
 			// Stop the broker pushing more (basic.cancel) while the
 			// taken messages drain; in the background, as above.
-			c := ch
-			t.async(func() { _ = c.Cancel(tag, false) })
-			return finish(nil)
+			c := cc
+			cancelled := make(chan struct{})
+			t.chanTask(func() {
+				defer close(cancelled)
+				_ = c.cancel(tag)
+			})
+			return finish(nil, cancelled)
 		}
 		t.log.Warn("amqptransport: consumer channel lost; resuming", "topic", s.topic, "group", s.opts.Group, "queue", queue)
-		_ = ch.Close()
-		ch = nil
+		// Handlers may still be settling on the old channel: close
+		// takes it from them first, so no ack follows the close.
+		s.cur.Store(nil)
+		_ = cc.close()
+		cc = nil
 	}
 }
 
+// consumerChan is a consuming channel shared by the handlers settling its
+// deliveries and the subscription ending it. Once stop or close has been
+// called, the settle methods and cancel fail with amqp.ErrClosed without
+// sending: the broker drops a channel when it answers channel.close (and
+// all of them on connection.close), and a frame for a dropped channel
+// ends the whole connection (504 CHANNEL_ERROR "expected
+// 'channel.open'"), cutting off every other subscription on it. The
+// settlement is not needed then: the broker returns the channel's
+// unsettled deliveries to their queues.
+type consumerChan struct {
+	ch        *amqp.Channel
+	mu        sync.RWMutex // held for reading while a frame is sent
+	stopped   atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (c *consumerChan) send(f func(*amqp.Channel) error) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.stopped.Load() {
+		return amqp.ErrClosed
+	}
+	return f(c.ch)
+}
+
+func (c *consumerChan) ack(tag uint64) error {
+	return c.send(func(ch *amqp.Channel) error { return ch.Ack(tag, false) })
+}
+
+func (c *consumerChan) nack(tag uint64, requeue bool) error {
+	return c.send(func(ch *amqp.Channel) error { return ch.Nack(tag, false, requeue) })
+}
+
+func (c *consumerChan) reject(tag uint64) error {
+	return c.send(func(ch *amqp.Channel) error { return ch.Reject(tag, false) })
+}
+
+// cancel sends basic.cancel for tag and waits for the broker's answer.
+func (c *consumerChan) cancel(tag string) error {
+	return c.send(func(ch *amqp.Channel) error { return ch.Cancel(tag, false) })
+}
+
+// stop refuses further frames without waiting for those being sent
+// (Close, about to close the connection, must not wait for a broker).
+func (c *consumerChan) stop() { c.stopped.Store(true) }
+
+// close refuses further frames, waits for those being sent and closes
+// the channel. It is idempotent.
+func (c *consumerChan) close() error {
+	c.stop()
+	c.mu.Lock() // waits for frames being sent; later ones see stopped
+	c.mu.Unlock()
+	c.closeOnce.Do(func() { c.closeErr = c.ch.Close() })
+	return c.closeErr
+}
+
 // start opens a channel, sets QoS, declares the topology and consumes.
-func (s *subscription) start(conn *amqp.Connection) (*amqp.Channel, <-chan amqp.Delivery, string, string, error) {
+func (s *subscription) start(conn *amqp.Connection) (*consumerChan, <-chan amqp.Delivery, string, string, error) {
 	t := s.t
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, nil, "", "", err
 	}
-	fail := func(err error) (*amqp.Channel, <-chan amqp.Delivery, string, string, error) {
+	fail := func(err error) (*consumerChan, <-chan amqp.Delivery, string, string, error) {
 		_ = ch.Close()
 		return nil, nil, "", "", err
 	}
@@ -271,12 +352,12 @@ func (s *subscription) start(conn *amqp.Connection) (*amqp.Channel, <-chan amqp.
 	if err != nil {
 		return fail(fmt.Errorf("amqptransport: consume %q: %w", queue, err))
 	}
-	return ch, dl, queue, tag, nil
+	return &consumerChan{ch: ch}, dl, queue, tag, nil
 }
 
 // consume hands deliveries to the dispatcher until ctx ends (false) or the
 // channel closes (true).
-func (s *subscription) consume(ctx context.Context, ch *amqp.Channel, dl <-chan amqp.Delivery, queue string) bool {
+func (s *subscription) consume(ctx context.Context, ch *consumerChan, dl <-chan amqp.Delivery, queue string) bool {
 	for {
 		select {
 		case <-ctx.Done():
@@ -285,7 +366,7 @@ func (s *subscription) consume(ctx context.Context, ch *amqp.Channel, dl <-chan 
 			if !ok {
 				return ctx.Err() == nil
 			}
-			m := s.toMessage(dv, ch)
+			m := s.toMessage(dv, ch.ch)
 			a := &acker{s: s, ch: ch, dv: dv, queue: queue, attempt: m.Attempt}
 			var err error
 			if s.t.o.DeadLetterExchange != "" && s.opts.Group != "" {
@@ -400,14 +481,14 @@ func tableInt(v any) int {
 // acker settles one delivery on the channel it arrived on.
 type acker struct {
 	s       *subscription
-	ch      *amqp.Channel
+	ch      *consumerChan
 	dv      amqp.Delivery
 	queue   string
 	attempt int
 }
 
 func (a *acker) Ack(context.Context) error {
-	if err := a.ch.Ack(a.dv.DeliveryTag, false); err != nil {
+	if err := a.ch.ack(a.dv.DeliveryTag); err != nil {
 		return fmt.Errorf("amqptransport: ack: %w", err)
 	}
 	return nil
@@ -433,7 +514,7 @@ func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
 }
 
 func (a *acker) requeue() error {
-	if err := a.ch.Nack(a.dv.DeliveryTag, false, true); err != nil {
+	if err := a.ch.nack(a.dv.DeliveryTag, true); err != nil {
 		return fmt.Errorf("amqptransport: nack: %w", err)
 	}
 	return nil
@@ -445,7 +526,7 @@ type termAcker struct{ *acker }
 
 func (a *termAcker) Term(_ context.Context, reason string) error {
 	a.s.t.log.Info("amqptransport: message rejected into the dead-letter exchange", "queue", a.queue, "message_id", a.dv.MessageId, "dead_letter_exchange", a.s.t.o.DeadLetterExchange, "reason", reason)
-	if err := a.ch.Reject(a.dv.DeliveryTag, false); err != nil {
+	if err := a.ch.reject(a.dv.DeliveryTag); err != nil {
 		return fmt.Errorf("amqptransport: reject: %w", err)
 	}
 	return nil
