@@ -35,6 +35,11 @@ type frameProxy struct {
 	ln     net.Listener
 	target string
 
+	// crossing, when set, is written to the broker just ahead of the
+	// client's connection.close, as a frame sent by another goroutine an
+	// instant earlier would be.
+	crossing []byte
+
 	mu         sync.Mutex
 	violations []string
 	conns      []net.Conn
@@ -176,10 +181,23 @@ func (p *frameProxy) inspect(conn int, c, b net.Conn) {
 		case id == 20<<16|40:
 			closing[ch] = true
 		}
+		if ch == 0 && id == 10<<16|50 && p.crossing != nil {
+			if _, err := b.Write(p.crossing); err != nil {
+				return
+			}
+		}
 		if _, err := b.Write(append(fh, rest...)); err != nil {
 			return
 		}
 	}
+}
+
+// frame encodes one AMQP frame; end is the frame-end octet (0xCE when
+// valid).
+func frame(typ byte, channel uint16, payload []byte, end byte) []byte {
+	f := []byte{typ, byte(channel >> 8), byte(channel)}
+	f = binary.BigEndian.AppendUint32(f, uint32(len(payload)))
+	return append(append(f, payload...), end)
 }
 
 // warnings records the adapter's Warn-level log messages.
@@ -418,6 +436,54 @@ func TestConsumerChanCloseStopsSettles(t *testing.T) {
 	}
 	if v := proxy.found(); len(v) > 0 {
 		t.Errorf("%d frames sent after a close, first ones:\n%s", len(v), strings.Join(v[:min(len(v), 10)], "\n"))
+	}
+}
+
+// TestCloseCrossedByChannelFrame: a frame for a channel the broker has
+// dropped, reaching it just ahead of the connection.close (injected by the
+// proxy: a basic.ack on a channel never opened), makes RabbitMQ close the
+// connection with 504 CHANNEL_ERROR "expected 'channel.open'", which
+// amqp091 hands to the close handshake waiting for close-ok — the demo's
+// failure. Close logs it and returns nil. A broken frame in the same
+// place (501 FRAME_ERROR) is still returned. (RabbitMQ 3.10 ignores
+// channel frames that arrive after the connection.close.)
+func TestCloseCrossedByChannelFrame(t *testing.T) {
+	burl := brokerURL(t)
+	ack := binary.BigEndian.AppendUint16(nil, 60)
+	ack = binary.BigEndian.AppendUint16(ack, 80)
+	ack = binary.BigEndian.AppendUint64(ack, 1)
+	ack = append(ack, 0)
+	for _, c := range []struct {
+		name   string
+		inject []byte
+		want   string // in Close's error; "" for nil
+	}{
+		{"ack on a dropped channel", frame(1, 999, ack, 0xCE), ""},
+		{"broken frame", frame(1, 999, ack, 0x00), "501"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			proxy, purl := newFrameProxy(t, burl)
+			proxy.crossing = c.inject
+			w := &warnings{}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			tr, err := New(ctx, Options{URL: purl, Logger: slog.New(w)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tr.Close()
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("Close = %v, want nil", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Errorf("Close = %v, want an error with %q", err, c.want)
+			}
+			logged := strings.Join(w.all(), "\n")
+			if c.want == "" && !strings.Contains(logged, "expected 'channel.open'") {
+				t.Errorf("no warning naming the broker's 504; warnings: %q", w.all())
+			}
+			t.Logf("Close = %v; warnings %q", err, w.all())
+		})
 	}
 }
 
