@@ -497,18 +497,18 @@ func (t *Transport) As(target any) bool {
 // Close does not wait for them). It is idempotent and safe to call
 // concurrently.
 //
-// Close returns an error when a connection's close handshake fails:
-// the broker ended the connection for another reason while it was being
-// closed (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, a frame error, ...).
-// It does not report a broker's 504 CHANNEL_ERROR reply (for example
-// "expected 'channel.open'"), nor a connection already lost or a
-// handshake that outlasts its 2 s bound: a 504 at that point means a
-// frame on a channel crossed the close (a handler's late ack after Close,
-// a channel close still under way), which loses nothing — unsettled
-// deliveries return to their queues and every Publish has reported its
-// own outcome to its caller. That case is logged at Warn with the
-// connection's role. Shutdown lets its own channel work finish first so
-// that, on a broker that answers, it does not happen there.
+// Close returns an error when a connection's close handshake fails: the
+// broker ended the connection for a reason of its own while it was being
+// closed (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, 501 FRAME_ERROR, an
+// I/O error). It does not report a connection already lost, a handshake
+// that outlasts its 2 s bound, or the broker's 504 CHANNEL_ERROR (for
+// example "expected 'channel.open'"): a 504 at that point comes from a
+// frame for a channel the broker had dropped reaching it just ahead of
+// the close (a Publish that Close cut off, an application's own use of a
+// channel from Message.As), which loses nothing — unsettled deliveries
+// return to their queues and every Publish reports its own outcome to
+// its caller. That case is logged at Warn with the connection's role.
+// See "Closing order" in the package doc.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed {
