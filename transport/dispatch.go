@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -53,7 +54,9 @@ type DispatchOptions struct {
 // per-key ordering and in-flight bound, recovers handler panics, and settles
 // each message exactly once: nil → Ack; a Permanent error or MaxAttempts
 // reached → dead-letter topic (then Ack), native Term, or drop; any other
-// error → Nack with the delay from message.RetryAfter or NackDelay.
+// error → Nack with the delay from message.RetryAfter or NackDelay. After
+// each settle it calls SubscribeOptions.Settled, when set, with what it
+// did (Settlement).
 //
 // Handlers run with the Dispatcher's context, which ends when the parent
 // context given to NewDispatcher (the Subscribe ctx) ends or Cancel is
@@ -245,13 +248,19 @@ func (d *Dispatcher) settled() {
 	d.jobDone()
 }
 
-// settleOnly acks, nacks or dead-letters j; the caller returns its token.
+// settleOnly acks, nacks or dead-letters j and reports it to the
+// Settled hook; the caller returns its token. (The hook is checked on each
+// path, after the broker call, so that without one no Settlement is built.)
 func (d *Dispatcher) settleOnly(j job, err error) {
 	m, a := j.m, j.a
 	switch {
 	case err == nil:
-		if aerr := a.Ack(d.sctx); aerr != nil {
+		aerr := a.Ack(d.sctx)
+		if aerr != nil {
 			d.log.Warn("courier: ack failed; the broker will redeliver", "topic", d.topic, "group", d.group, "message_id", m.ID, "error", aerr)
+		}
+		if d.o.Settled != nil {
+			d.report(m, Settlement{Outcome: Acked, SettleErr: aerr})
 		}
 	case message.IsPermanent(err) || (d.o.MaxAttempts > 0 && m.Attempt >= d.o.MaxAttempts):
 		d.deadLetter(m, a, err)
@@ -260,10 +269,25 @@ func (d *Dispatcher) settleOnly(j job, err error) {
 		if rd, ok := message.RetryDelay(err); ok {
 			delay = rd
 		}
-		if nerr := a.Nack(d.sctx, delay); nerr != nil {
+		nerr := a.Nack(d.sctx, delay)
+		if nerr != nil {
 			d.log.Warn("courier: nack failed; the broker will redeliver after its ack wait", "topic", d.topic, "group", d.group, "message_id", m.ID, "error", nerr)
 		}
+		if d.o.Settled != nil {
+			d.report(m, Settlement{Outcome: Nacked, Delay: delay, HandlerErr: err, SettleErr: nerr})
+		}
 	}
+}
+
+// report calls the Settled hook, keeping a panic in it from taking the
+// Dispatcher down.
+func (d *Dispatcher) report(m *message.Message, s Settlement) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.log.Error("courier: Settled hook panicked", "topic", d.topic, "group", d.group, "message_id", m.ID, "panic", r)
+		}
+	}()
+	d.o.Settled(d.sctx, m, s)
 }
 
 func (d *Dispatcher) deadLetter(m *message.Message, a Acker, cause error) {
@@ -272,23 +296,40 @@ func (d *Dispatcher) deadLetter(m *message.Message, a Acker, cause error) {
 		if err := d.dlq(d.sctx, d.o.DeadLetterTopic, dm); err != nil {
 			// Keep the message rather than lose it.
 			d.log.Error("courier: dead-letter publish failed; message nacked for redelivery", "topic", d.topic, "group", d.group, "message_id", m.ID, "dead_letter_topic", d.o.DeadLetterTopic, "error", err)
-			_ = a.Nack(d.sctx, d.o.NackDelay)
+			if nerr := a.Nack(d.sctx, d.o.NackDelay); nerr != nil {
+				err = errors.Join(err, nerr)
+			}
+			if d.o.Settled != nil {
+				d.report(m, Settlement{Outcome: Nacked, Delay: d.o.NackDelay, DeadLetterTopic: d.o.DeadLetterTopic, HandlerErr: cause, SettleErr: err})
+			}
 			return
 		}
-		if err := a.Ack(d.sctx); err != nil {
+		err := a.Ack(d.sctx)
+		if err != nil {
 			d.log.Warn("courier: ack after dead-letter failed; the message may be dead-lettered twice", "topic", d.topic, "message_id", m.ID, "error", err)
+		}
+		if d.o.Settled != nil {
+			d.report(m, Settlement{Outcome: DeadLettered, DeadLetterTopic: d.o.DeadLetterTopic, HandlerErr: cause, SettleErr: err})
 		}
 		return
 	}
 	if t, ok := a.(Terminator); ok {
-		if err := t.Term(d.sctx, cause.Error()); err != nil {
+		err := t.Term(d.sctx, cause.Error())
+		if err != nil {
 			d.log.Warn("courier: term failed", "topic", d.topic, "message_id", m.ID, "error", err)
+		}
+		if d.o.Settled != nil {
+			d.report(m, Settlement{Outcome: Terminated, HandlerErr: cause, SettleErr: err})
 		}
 		return
 	}
 	d.log.Error("courier: message failed permanently and no dead-letter topic is configured; dropped", "topic", d.topic, "group", d.group, "message_id", m.ID, "attempt", m.Attempt, "error", cause)
-	if err := a.Ack(d.sctx); err != nil {
+	err := a.Ack(d.sctx)
+	if err != nil {
 		d.log.Warn("courier: ack failed", "topic", d.topic, "message_id", m.ID, "error", err)
+	}
+	if d.o.Settled != nil {
+		d.report(m, Settlement{Outcome: Dropped, HandlerErr: cause, SettleErr: err})
 	}
 }
 

@@ -417,7 +417,8 @@ func (nopAcker) Ack(context.Context) error                 { return nil }
 func (nopAcker) Nack(context.Context, time.Duration) error { return nil }
 
 // BenchmarkDispatcher: the per-message cost of the delivery engine with
-// Concurrency 1, one Deliver per message and DeliverBatch of 128.
+// Concurrency 1, one Deliver per message (without and with a
+// SubscribeOptions.Settled hook) and DeliverBatch of 128.
 //
 //	go test -run '^$' -bench Dispatcher -count 5 ./transport/
 func BenchmarkDispatcher(b *testing.B) {
@@ -425,6 +426,17 @@ func BenchmarkDispatcher(b *testing.B) {
 	m := &message.Message{ID: "x"}
 	b.Run("Deliver", func(b *testing.B) {
 		d := transport.NewDispatcher(context.Background(), h, transport.DispatchOptions{})
+		b.ReportAllocs()
+		for b.Loop() {
+			d.Deliver(context.Background(), m, nopAcker{})
+		}
+		d.Stop(context.Background())
+	})
+	b.Run("DeliverSettledHook", func(b *testing.B) {
+		var n int
+		d := transport.NewDispatcher(context.Background(), h, transport.DispatchOptions{Subscribe: transport.SubscribeOptions{
+			Settled: func(context.Context, *message.Message, transport.Settlement) { n++ },
+		}})
 		b.ReportAllocs()
 		for b.Loop() {
 			d.Deliver(context.Background(), m, nopAcker{})

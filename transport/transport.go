@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/courierkit/courier/message"
@@ -137,6 +138,78 @@ type SubscribeOptions struct {
 	// (or handed to the broker's native dead-letter mechanism where the
 	// adapter has one configured) and logged at Error level.
 	DeadLetterTopic string
+	// Settled, when set, is called once per delivered message after the
+	// Dispatcher settled it and the broker call returned, with what was
+	// done (see Settlement); instrumentation uses it to count dead
+	// letters and settle failures exactly. ctx carries the values of the
+	// context the handler ran with and is never cancelled (as the settle
+	// calls' own). It runs on the settling goroutine, before the
+	// message's in-flight slot is freed: it must be quick and must not
+	// block. A panic in it is recovered and logged. Messages the
+	// subscription never took (refused while stopping) are not reported.
+	// Default: nil (nothing is called, at no cost).
+	Settled func(ctx context.Context, m *message.Message, s Settlement)
+}
+
+// Outcome is how the Dispatcher settled a message.
+type Outcome int
+
+const (
+	// Acked: the handler succeeded and the message was acked.
+	Acked Outcome = iota + 1
+	// Nacked: the message was returned for redelivery (a handler error,
+	// a stop before it ran, or a failed dead-letter publish; see
+	// Settlement.DeadLetterTopic).
+	Nacked
+	// DeadLettered: a copy went to Settlement.DeadLetterTopic and the
+	// original was acked.
+	DeadLettered
+	// Terminated: the message failed permanently with no dead-letter
+	// topic and was handed to the broker's native "never redeliver"
+	// (Terminator: JetStream Term, a RabbitMQ reject).
+	Terminated
+	// Dropped: the message failed permanently with no dead-letter topic
+	// and no native terminate; it was acked and logged at Error level.
+	Dropped
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Acked:
+		return "ack"
+	case Nacked:
+		return "nack"
+	case DeadLettered:
+		return "dead_letter"
+	case Terminated:
+		return "terminate"
+	case Dropped:
+		return "drop"
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Settlement describes one settled message for SubscribeOptions.Settled.
+type Settlement struct {
+	// Outcome is what was done with the message.
+	Outcome Outcome
+	// Delay is the redelivery delay asked of the broker when Outcome is
+	// Nacked (message.RetryAfter or NackDelay); 0 otherwise.
+	Delay time.Duration
+	// DeadLetterTopic is the topic the message was dead-lettered to when
+	// Outcome is DeadLettered, or the topic a failed dead-letter publish
+	// went to when Outcome is Nacked (SettleErr then holds the publish
+	// error); empty otherwise.
+	DeadLetterTopic string
+	// HandlerErr is the handler's error (a recovered panic as an error,
+	// context.Canceled for a message nacked unrun during a hard stop);
+	// nil when Outcome is Acked.
+	HandlerErr error
+	// SettleErr is the error of the settle itself: the failed
+	// dead-letter publish (joined with the nack's error if that failed
+	// too), or the broker's error from Ack, Nack or Term. Nil when the
+	// broker took the settle.
+	SettleErr error
 }
 
 // Defaults returns o with zero fields replaced by their defaults.
