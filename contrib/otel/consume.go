@@ -3,6 +3,7 @@ package courierotel
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,11 @@ type ConsumerOptions struct {
 	// child. Default: false: the process span continues the producer's
 	// trace, so one request is one trace across services.
 	LinkOnly bool
+
+	// settle, set by Conn, receives the transport's settlements
+	// (transport.SubscribeOptions.Settled): dead letters are then counted
+	// from those instead of inferred here.
+	settle *settleObserver
 }
 
 // Middleware returns consumer middleware that runs each message's handler
@@ -71,7 +77,8 @@ type ConsumerOptions struct {
 // status, error.type and OutcomeKey "nack"; a message.Permanent error, or
 // a failure at ConsumerOptions.MaxAttempts, is what the transport
 // dead-letters: OutcomeKey "dead_letter", an EventDeadLettered event and
-// courier.messaging.dead_lettered. Every message counts in
+// courier.messaging.dead_lettered (inferred: under a Conn these come from
+// the transport's settlement instead, see Instrumentation.Conn). Every message counts in
 // messaging.client.consumed.messages and its handler time in
 // messaging.process.duration.
 //
@@ -197,6 +204,25 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	err := next.Handle(pc, m)
 
 	et := errorType(err)
+	if o.settle != nil {
+		// The transport reports how it settled the message (the
+		// Settled hook): the span stays open until then.
+		switch {
+		case err == nil && pc.d.deadLettered.Load():
+			span.SetAttributes(OutcomeKey.String("dead_letter"))
+		case err != nil:
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			span.SetAttributes(semconv.ErrorTypeKey.String(et))
+		}
+		i.recordProcess(sctx, measure, start, names, system, topic, group, et)
+		if span.IsRecording() {
+			o.settle.hold(m, span)
+		} else {
+			span.End()
+		}
+		return err
+	}
 	switch {
 	case err == nil && pc.d.deadLettered.Load():
 		span.SetAttributes(OutcomeKey.String("dead_letter"))
@@ -213,15 +239,123 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 		span.SetStatus(codes.Error, err.Error())
 		span.SetAttributes(OutcomeKey.String("nack"), semconv.ErrorTypeKey.String(et))
 	}
-	if measure {
-		if et == "" {
-			i.processDur.Record(sctx, time.Since(start).Seconds(), names.rec...)
-		} else {
-			i.processDur.Record(sctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "", topic, group, et))
-		}
-	}
+	i.recordProcess(sctx, measure, start, names, system, topic, group, et)
 	span.End()
 	return err
+}
+
+func (i *Instrumentation) recordProcess(ctx context.Context, measure bool, start time.Time, names *opNames, system, topic, group, et string) {
+	if !measure {
+		return
+	}
+	if et == "" {
+		i.processDur.Record(ctx, time.Since(start).Seconds(), names.rec...)
+	} else {
+		i.processDur.Record(ctx, time.Since(start).Seconds(), i.metricOpt(system, "process", "", topic, group, et))
+	}
+}
+
+// settleObserver is a Conn subscription's transport.SubscribeOptions.Settled:
+// it counts dead letters and settle failures from what the transport did,
+// adds EventSettled to the process span and ends it, then calls the
+// subscriber's own hook.
+type settleObserver struct {
+	i                    *Instrumentation
+	system, topic, group string
+	user                 func(context.Context, *message.Message, transport.Settlement)
+
+	mu   sync.Mutex
+	open map[*message.Message]trace.Span // recording process spans awaiting their settlement
+}
+
+// hold keeps m's recording process span open until the transport
+// reports its settlement.
+func (s *settleObserver) hold(m *message.Message, span trace.Span) {
+	s.mu.Lock()
+	s.open[m] = span
+	s.mu.Unlock()
+}
+
+func (s *settleObserver) settled(ctx context.Context, m *message.Message, st transport.Settlement) {
+	s.mu.Lock()
+	span, held := s.open[m]
+	if held {
+		delete(s.open, m)
+	}
+	s.mu.Unlock()
+	i := s.i
+	if !held {
+		if !i.metering() {
+			// Nothing to record (no span kept, no meter).
+			if s.user != nil {
+				s.user(ctx, m, st)
+			}
+			return
+		}
+		span = tracenoop.Span{}
+	}
+	topic := m.Topic
+	if topic == "" {
+		topic = s.topic
+	}
+	switch st.Outcome {
+	case transport.DeadLettered:
+		i.deadLettered(ctx, span, s.system, topic, s.group, st.DeadLetterTopic, m.Attempt, st.HandlerErr)
+	case transport.Terminated, transport.Dropped:
+		i.givenUp(ctx, span, s.system, topic, s.group, st.Outcome.String(), m.Attempt, st.HandlerErr)
+	}
+	if st.SettleErr != nil && i.settleFails.Enabled(ctx) {
+		outcome, et := st.Outcome.String(), errorType(st.SettleErr)
+		i.settleFails.Add(ctx, 1, i.sets.get(setKey{kind: 4, system: s.system, topic: topic, group: s.group, op: outcome, errType: et}, func() attribute.Set {
+			return attribute.NewSet(append(baseAttrs(s.system, "process", "", topic, s.group, et), OutcomeKey.String(outcome))...)
+		}))
+	}
+	if held {
+		if st.Outcome != transport.Acked || st.SettleErr != nil {
+			kv := make([]attribute.KeyValue, 0, 4)
+			kv = append(kv, OutcomeKey.String(st.Outcome.String()))
+			if st.Outcome == transport.Nacked {
+				kv = append(kv, RetryWaitKey.Float64(st.Delay.Seconds()))
+			}
+			if st.DeadLetterTopic != "" {
+				kv = append(kv, DeadLetterTopicKey.String(st.DeadLetterTopic))
+			}
+			if st.SettleErr != nil {
+				kv = append(kv, attribute.String("exception.message", st.SettleErr.Error()))
+			}
+			span.AddEvent(EventSettled, trace.WithAttributes(kv...))
+			if st.Outcome != transport.Acked {
+				span.SetAttributes(OutcomeKey.String(st.Outcome.String()))
+			}
+		}
+		span.End()
+	}
+	if s.user != nil {
+		s.user(ctx, m, st)
+	}
+}
+
+// givenUp records a message the transport gave up on without a
+// dead-letter topic (outcome "terminate" or "drop"): an EventDeadLettered
+// event with OutcomeKey and a courier.messaging.dead_lettered point with
+// OutcomeKey and no DeadLetterTopicKey.
+func (i *Instrumentation) givenUp(ctx context.Context, span trace.Span, system, topic, group, outcome string, attempt int, err error) {
+	if span.IsRecording() {
+		kv := make([]attribute.KeyValue, 0, 3)
+		kv = append(kv, OutcomeKey.String(outcome))
+		if attempt > 0 {
+			kv = append(kv, AttemptKey.Int(attempt))
+		}
+		if err != nil {
+			kv = append(kv, attribute.String("exception.message", err.Error()))
+		}
+		span.AddEvent(EventDeadLettered, trace.WithAttributes(kv...))
+	}
+	if i.deadLetters.Enabled(ctx) {
+		i.deadLetters.Add(ctx, 1, i.sets.get(setKey{kind: 3, system: system, topic: topic, group: group, op: outcome}, func() attribute.Set {
+			return attribute.NewSet(append(baseAttrs(system, "process", "", topic, group, ""), OutcomeKey.String(outcome))...)
+		}))
+	}
 }
 
 // Conn returns c with Publish traced as by Publisher and every Subscribe's
@@ -230,17 +364,29 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 // (SystemOf) unless Options.System is set. Declare, Capabilities,
 // Shutdown, Close and As go to c. The result's Unwrap returns c; ObserveLag
 // and SystemOf see through it.
+//
+// When c is one of courier's adapters, Subscribe also sets the
+// subscription's transport.SubscribeOptions.Settled (calling the one the
+// caller set, if any, after its own): dead letters, terminated and dropped
+// messages and settle failures are then counted from what the transport
+// did, and each process span ends when its message is settled, with an
+// EventSettled event unless it was a plain ack. See the package doc,
+// "Dead letters that the transport makes".
 func (i *Instrumentation) Conn(c transport.Conn) *Conn {
 	pub := i.Publisher(c)
-	return &Conn{Conn: c, i: i, pub: pub}
+	// courier's own adapters settle through transport.Dispatcher, which
+	// calls SubscribeOptions.Settled; for any other Conn the middleware
+	// infers dead letters from the handler's result.
+	return &Conn{Conn: c, i: i, pub: pub, settles: SystemOf(c) != "courier"}
 }
 
 // Conn is a transport.Conn traced and measured by an Instrumentation; see
 // Instrumentation.Conn.
 type Conn struct {
 	transport.Conn
-	i   *Instrumentation
-	pub *Publisher
+	i       *Instrumentation
+	pub     *Publisher
+	settles bool // c reports settlements (SubscribeOptions.Settled)
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -256,11 +402,18 @@ func (c *Conn) Publish(ctx context.Context, topic string, msgs ...*message.Messa
 // Subscribe subscribes h wrapped in the consumer middleware; see
 // Instrumentation.Conn.
 func (c *Conn) Subscribe(ctx context.Context, topic string, h message.Handler, opts transport.SubscribeOptions) error {
-	mw := c.i.Middleware(ConsumerOptions{
+	co := ConsumerOptions{
 		Topic: topic, Group: opts.Group, System: c.pub.system,
 		MaxAttempts: opts.MaxAttempts, DeadLetterTopic: opts.DeadLetterTopic,
-	})
-	return c.Conn.Subscribe(ctx, topic, mw(h), opts)
+	}
+	if c.settles {
+		co.settle = &settleObserver{
+			i: c.i, system: c.pub.system, topic: topic, group: opts.Group,
+			user: opts.Settled, open: make(map[*message.Message]trace.Span),
+		}
+		opts.Settled = co.settle.settled
+	}
+	return c.Conn.Subscribe(ctx, topic, c.i.Middleware(co)(h), opts)
 }
 
 var (

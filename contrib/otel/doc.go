@@ -80,7 +80,10 @@
 //
 //	courier.redelivered     a delivery with Attempt > 1 (on its process span)
 //	courier.retry           an in-process retry (OnRetry), with courier.retry.wait
-//	courier.dead_lettered   with courier.dead_letter.topic when known
+//	courier.dead_lettered   with courier.dead_letter.topic when known; under a Conn,
+//	                        for a native terminate or a drop, courier.outcome instead
+//	courier.settled         under a Conn: how the transport settled a message
+//	                        other than by a plain ack, or a settle that failed
 //	courier.duplicate       an idempotency hit (OnDuplicate)
 //	courier.trace_context_dropped  a message too close to the header limit
 //
@@ -134,7 +137,9 @@
 //	messaging.process.duration          histogram s         handler time, per delivery
 //	courier.messaging.retries           counter {retry}     in-process retries (OnRetry)
 //	courier.messaging.redeliveries      counter {message}   deliveries with Attempt > 1
-//	courier.messaging.dead_lettered     counter {message}   with courier.dead_letter.topic
+//	courier.messaging.dead_lettered     counter {message}   with courier.dead_letter.topic; under a Conn
+//	                                                        also courier.outcome "terminate" or "drop"
+//	courier.messaging.settle_failures   counter {message}   under a Conn: failed settles, by courier.outcome and error.type
 //	courier.messaging.duplicates        counter {message}   idempotency hits (OnDuplicate)
 //	courier.breaker.state               gauge 0/1/2         closed/half-open/open, by courier.breaker.name
 //	courier.breaker.transitions         counter             by courier.breaker.name and courier.breaker.state
@@ -191,22 +196,53 @@
 // annotate its process span and take topic and group from it.
 //
 // Dead letters that the transport makes (SubscribeOptions.MaxAttempts
-// and DeadLetterTopic, settled by transport.Dispatcher) are inferred by
-// the consumer middleware from the handler's result and the attempt, not
-// observed: the count is wrong when the dead-letter publish fails (the
-// Dispatcher then nacks), when no dead-letter topic is set (the message is
-// terminated natively or dropped, counted here as dead-lettered without a
-// topic), and it misses what the broker dead-letters on its own (an SQS
-// redrive policy, a RabbitMQ delivery limit; those show only as the
-// dead-letter queue's depth, ObserveLag with DeadLetter). Observing it
-// needs a settle hook in transport: an optional SubscribeOptions function
-// the Dispatcher calls once per delivery after the broker call returned,
-// with the handler's ctx (the process span's context), the message, and
-// what was done: ack, nack with its delay, dead-lettered to a topic,
-// terminated, or dropped, plus the handler's error and the settle call's
-// own error. The middleware would then count exactly and add the event;
-// its span would have to stay open until the hook (or the hook link to
-// it). Not done here: the package transport is outside this change.
+// and DeadLetterTopic, settled by transport.Dispatcher) are observed, not
+// inferred, under a Conn: Conn sets each subscription's
+// transport.SubscribeOptions.Settled (calling the subscriber's own hook,
+// if one is set, after its own work), which the Dispatcher calls once per
+// delivery after the broker call returned, with what it did. From that:
+//
+//   - DeadLettered: courier.messaging.dead_lettered with
+//     courier.dead_letter.topic, an EventDeadLettered event, OutcomeKey
+//     "dead_letter".
+//   - A dead-letter publish that failed is what the Dispatcher does then, a
+//     nack: not counted as dead-lettered; OutcomeKey "nack", an
+//     EventSettled event with the topic and the publish error, and a
+//     courier.messaging.settle_failures point (courier.outcome "nack").
+//   - Terminated (no dead-letter topic, the broker's native
+//     never-redeliver: JetStream Term, a RabbitMQ reject into its
+//     dead-letter exchange) and Dropped (no dead-letter path at all: acked
+//     and logged): courier.messaging.dead_lettered with courier.outcome
+//     "terminate" or "drop" and no topic, an EventDeadLettered event with
+//     OutcomeKey, OutcomeKey on the span. The semantic conventions have no
+//     attribute for either; courier.outcome keeps them apart from real dead
+//     letters while a sum over the counter still gives every message given
+//     up on.
+//   - Any failed ack, nack, term or dead-letter publish:
+//     courier.messaging.settle_failures by courier.outcome and error.type,
+//     and an EventSettled event.
+//
+// For that the process span stays open until the transport reports (a
+// recording span only; the handler's time in messaging.process.duration
+// still ends when the handler returns), so the span also covers the
+// settle call. A plain ack adds nothing to the span. All of courier's
+// adapters (mem, nats, amqp, kafka, sqs, gcppubsub) deliver through the
+// Dispatcher and pass their SubscribeOptions to it; on Pub/Sub a nack with
+// a delay is reported when asked for, before the library's Nack that
+// follows the delay. Tested on mem and NATS JetStream (TestSettledMem,
+// TestSettledNATS).
+//
+// Where the transport does not report (a Conn that is not one of
+// courier's adapters, found by SystemOf, or the Middleware used on its
+// own, with ConsumerOptions.MaxAttempts and DeadLetterTopic), dead letters
+// are inferred from the handler's result and the attempt as before: wrong
+// when the dead-letter publish fails (counted although the message was
+// nacked), and a message terminated or dropped for want of a dead-letter
+// topic counts as dead-lettered without a topic. Either way, what the
+// broker dead-letters on its own (an SQS redrive policy, a RabbitMQ
+// delivery limit) shows only as the dead-letter queue's depth
+// (ObserveLag with DeadLetter). A handler that panics leaves its process
+// span unended, as before; the settlement is still counted.
 //
 // # Logging
 //

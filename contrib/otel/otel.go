@@ -42,8 +42,13 @@ const (
 	// DeadLetterTopicKey is the topic a message was dead-lettered to.
 	DeadLetterTopicKey = attribute.Key("courier.dead_letter.topic")
 	// OutcomeKey tells what became of a processed message that was not
-	// acked: "nack" (redelivery) or "dead_letter" (process spans). An
-	// acked message's span has no OutcomeKey and an Unset status; the
+	// acked: "nack" (redelivery) or "dead_letter" (process spans); under a
+	// Conn, where the transport reports the settlement, also "terminate"
+	// (the broker's native never-redeliver) or "drop" (no dead-letter
+	// path: acked and logged), which are also on those messages'
+	// courier.messaging.dead_lettered points and on
+	// courier.messaging.settle_failures. An acked message's span has no
+	// OutcomeKey and an Unset status; the
 	// attribute is not written for it because adding an attribute after
 	// the span started costs the SDK a copy of all of them.
 	OutcomeKey = attribute.Key("courier.outcome")
@@ -59,6 +64,11 @@ const (
 	EventRetry        = "courier.retry"
 	EventDeadLettered = "courier.dead_lettered"
 	EventDuplicate    = "courier.duplicate"
+	// EventSettled is added under a Conn when the transport settled a
+	// message other than by a plain ack (a nack, dead letter, terminate or
+	// drop) or a settle call failed; it carries OutcomeKey, RetryWaitKey
+	// for a nack's delay, DeadLetterTopicKey and the settle error.
+	EventSettled = "courier.settled"
 )
 
 // ErrNoLag is returned by ObserveLag for a transport that does not
@@ -129,6 +139,7 @@ type Instrumentation struct {
 	retries     metric.Int64Counter
 	redelivered metric.Int64Counter
 	deadLetters metric.Int64Counter
+	settleFails metric.Int64Counter
 	duplicates  metric.Int64Counter
 	breaker     metric.Int64Gauge
 	transitions metric.Int64Counter
@@ -218,6 +229,9 @@ func New(opts Options) (*Instrumentation, error) {
 	add(err)
 	i.deadLetters, err = m.Int64Counter("courier.messaging.dead_lettered", metric.WithUnit("{message}"),
 		metric.WithDescription("Messages given up on and sent to the dead-letter path."))
+	add(err)
+	i.settleFails, err = m.Int64Counter("courier.messaging.settle_failures", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages whose settle (ack, nack, dead-letter publish, terminate) failed, as reported by the transport."))
 	add(err)
 	i.duplicates, err = m.Int64Counter("courier.messaging.duplicates", metric.WithUnit("{message}"),
 		metric.WithDescription("Messages skipped by idempotency because they were processed before."))
