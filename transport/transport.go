@@ -147,7 +147,11 @@ type SubscribeOptions struct {
 	// message's in-flight slot is freed: it must be quick and must not
 	// block. A panic in it is recovered and logged. Messages the
 	// subscription never took (refused while stopping) are not reported.
-	// Default: nil (nothing is called, at no cost).
+	// Default: nil (nothing is called, at no cost: BenchmarkDispatcher
+	// Deliver 54.5 ns/op before the hook existed, 54.9 after, and 61.8
+	// with a hook that counts; medians of 6 interleaved runs, 2026-11-22,
+	// 2-core shared machine, load 0.9-1.1:
+	// go test -run '^$' -bench 'Dispatcher/Deliver' -count 6 ./transport/).
 	Settled func(ctx context.Context, m *message.Message, s Settlement)
 }
 

@@ -266,6 +266,7 @@ type settleObserver struct {
 
 	mu   sync.Mutex
 	open map[*message.Message]trace.Span // recording process spans awaiting their settlement
+	n    atomic.Int64                    // len(open), read without mu
 }
 
 // hold keeps m's recording process span open until the transport
@@ -273,16 +274,21 @@ type settleObserver struct {
 func (s *settleObserver) hold(m *message.Message, span trace.Span) {
 	s.mu.Lock()
 	s.open[m] = span
+	s.n.Store(int64(len(s.open)))
 	s.mu.Unlock()
 }
 
 func (s *settleObserver) settled(ctx context.Context, m *message.Message, st transport.Settlement) {
-	s.mu.Lock()
-	span, held := s.open[m]
-	if held {
-		delete(s.open, m)
+	var span trace.Span
+	var held bool
+	if s.n.Load() > 0 { // hold for m, if any, happened before on the delivery's path
+		s.mu.Lock()
+		if span, held = s.open[m]; held {
+			delete(s.open, m)
+			s.n.Store(int64(len(s.open)))
+		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	i := s.i
 	if !held {
 		if !i.metering() {
