@@ -145,8 +145,13 @@ type SubscribeOptions struct {
 	// context the handler ran with and is never cancelled (as the settle
 	// calls' own). It runs on the settling goroutine, before the
 	// message's in-flight slot is freed: it must be quick and must not
-	// block. A panic in it is recovered and logged. Messages the
-	// subscription never took (refused while stopping) are not reported.
+	// block. A panic in it is recovered and logged. Not reported: messages
+	// the subscription never took (refused while stopping, left for
+	// redelivery) and messages an adapter settles itself before any
+	// handler sees them (NATS JetStream terminates one it cannot decode).
+	// "Returned" is the Acker's return: where an adapter defers the
+	// broker call (Pub/Sub holds a delayed nack's lease until the delay
+	// passed), the hook runs when the settle was asked for.
 	// Default: nil (nothing is called, at no cost: BenchmarkDispatcher
 	// Deliver 54.5 ns/op before the hook existed, 54.9 after, and 61.8
 	// with a hook that counts; medians of 6 interleaved runs, 2026-11-22,
