@@ -290,3 +290,50 @@ func TestSettledNATS(t *testing.T) {
 		t.Errorf("settle_failures = %d (%d points), want 0", got, n)
 	}
 }
+
+// With concurrent handlers every held process span is ended by its own
+// settlement, and the counts are exact.
+func TestSettledMemConcurrent(t *testing.T) {
+	ctx := context.Background()
+	sr := tracetest.NewSpanRecorder()
+	inst, reader := newInst(t, sr, courierotel.Options{})
+	conn := inst.Conn(newMem(t, memtransport.NewBroker(), memtransport.Options{}))
+	so := transport.SubscribeOptions{Group: "g", DeadLetterTopic: "work.dlq", Concurrency: 4}
+	if err := conn.Declare(ctx, "work", so); err != nil {
+		t.Fatal(err)
+	}
+	const n = 60 // every third one permanent
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.New([]byte{byte(i)})
+	}
+	if err := conn.Publish(ctx, "work", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var user settleLog
+	so.Settled = user.hook
+	subscribe(t, conn, "work", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		if m.Payload[0]%3 == 0 {
+			return message.Permanent(errors.New("bad"))
+		}
+		return nil
+	}), so)
+	user.wait(t, n)
+	spans := processSpans(t, sr, "work", n)
+	if len(spans) != n {
+		t.Errorf("%d process spans ended, want %d", len(spans), n)
+	}
+	dead := 0
+	for _, s := range spans {
+		if v, ok := attrOf(s, "courier.outcome"); ok && v.AsString() == "dead_letter" {
+			dead++
+		}
+	}
+	if dead != n/3 {
+		t.Errorf("%d spans with outcome dead_letter, want %d", dead, n/3)
+	}
+	rm := collect(t, reader)
+	if got, _ := sumInt(t, rm, "courier.messaging.dead_lettered", map[string]string{"courier.dead_letter.topic": "work.dlq"}); got != n/3 {
+		t.Errorf("dead_lettered = %d, want %d", got, n/3)
+	}
+}
