@@ -201,6 +201,23 @@ func (i *Instrumentation) process(ctx context.Context, next message.Handler, m *
 	}
 
 	pc := &processCtx{Context: sctx, d: delivery{system: system, topic: topic, group: group, span: span}}
+	// A panicking handler must not leave its span open: end it (and
+	// record the processing) with the panic as its error, then let the
+	// panic go on to whoever recovers it (middleware.Recover, the
+	// router, the transport's Dispatcher). It is raised again from inside
+	// this deferred call, so the recovering party's stack trace still
+	// shows the frames of the original panic.
+	defer func() {
+		if p := recover(); p != nil {
+			perr := fmt.Errorf("panic: %v", p)
+			span.RecordError(perr)
+			span.SetStatus(codes.Error, perr.Error())
+			span.SetAttributes(semconv.ErrorTypeKey.String("panic"))
+			i.recordProcess(sctx, measure, start, names, system, topic, group, "panic")
+			span.End()
+			panic(p)
+		}
+	}()
 	err := next.Handle(pc, m)
 
 	et := errorType(err)
