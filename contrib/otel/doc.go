@@ -241,8 +241,10 @@
 // topic counts as dead-lettered without a topic. Either way, what the
 // broker dead-letters on its own (an SQS redrive policy, a RabbitMQ
 // delivery limit) shows only as the dead-letter queue's depth
-// (ObserveLag with DeadLetter). A handler that panics leaves its process
-// span unended, as before; the settlement is still counted.
+// (ObserveLag with DeadLetter). A handler that panics has its process span
+// ended by the middleware (error status, error.type "panic") and its
+// processing recorded before the panic goes on to whoever recovers it; the
+// settlement is still counted by the hook.
 //
 // Cost of the hook (2026-11-22, 2-core shared machine, load 0.9-1.2): the
 // Dispatcher's call plus Conn's hook for an acked message is about 170
