@@ -504,8 +504,8 @@ func (t *Transport) As(target any) bool {
 // that outlasts its 2 s bound, or the broker's 504 CHANNEL_ERROR (for
 // example "expected 'channel.open'"): a 504 at that point comes from a
 // frame for a channel the broker had dropped reaching it just ahead of
-// the close (a Publish that Close cut off, an application's own use of a
-// channel from Message.As), which loses nothing — unsettled deliveries
+// the close (no longer one of the adapter's own; an application's own use
+// of a channel from Message.As can still send one), which loses nothing — unsettled deliveries
 // return to their queues and every Publish reports its own outcome to
 // its caller. That case is logged at Warn with the connection's role.
 // See "Closing order" in the package doc.

@@ -252,9 +252,10 @@
 // in two goroutines started one after the other, and Go runs the newer
 // one first when the starter does not block: in a test of 25 shutdown
 // rounds of 4 subscriptions, 2-13 basic.cancel frames followed their
-// channel's channel.close and 15-122 basic.cancel and channel.close frames followed
-// the connection.close.
-// When such a basic.cancel reached the broker after it had dropped the
+// channel's channel.close and 15-122 basic.cancel and channel.close
+// frames followed the connection.close (three runs through a proxy that
+// checks the order of the client's frames, closerace_test.go). When such
+// a basic.cancel reached the broker after it had dropped the
 // channel, while Close waited for close-ok, Shutdown returned
 // "amqptransport: close: Exception (504) Reason: "CHANNEL_ERROR -
 // expected 'channel.open'"": the demo (examples/demo) failed so in 16 of
@@ -266,7 +267,8 @@
 //	go test -race -count=300 -run TestDemoOnRabbitMQ ./examples/demo/
 //	go test -count=1 -run 'TestShutdownSendsNothingAfterClose|TestCloseWhileBusy|TestCloseCrossedByChannelFrame|TestConsumerChanCloseStopsSettles' ./transport/amqp/
 //
-// The guard costs two atomic operations per settle: the drain benchmark's
+// The settle guard (a read lock and a flag) costs two atomic operations
+// per settle: the drain benchmark's
 // adapter/raw ratio was 91.5-97.9% (median 93.1%) with it against
 // 92.9-98.9% (median 93.4%) without, three interleaved runs each
 // (-bench 'DrainSideBySide/16B' -benchtime 20000x, load 0.6-1.7).
@@ -275,10 +277,11 @@
 // the broker's (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, 501
 // FRAME_ERROR, an I/O error). They do not report a 504 CHANNEL_ERROR that
 // ends the connection while their connection.close waits for close-ok:
-// that comes from a frame for a dropped channel reaching the broker just
-// ahead of the close — now only one the adapter no longer controls (a
-// Publish that Close cut off, an application's own use of the
-// *amqp091.Channel it got from Message.As) — nothing is lost by it
+// that comes from a frame for a channel the broker had dropped reaching
+// it just ahead of the close — no longer one of the adapter's own, but
+// still possible from an application's own use of the *amqp091.Channel
+// it got from Message.As, or from a broker that treats frames after
+// connection.close more strictly than RabbitMQ 3.10 — nothing is lost by it
 // (unsettled deliveries return to their queues, every Publish has told
 // its caller its outcome), and the connection was being closed anyway.
 // It is logged at Warn with the connection's role and the broker's text.
