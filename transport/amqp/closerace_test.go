@@ -511,8 +511,8 @@ func TestCloseReportsOnlyRealFailures(t *testing.T) {
 // It returns nil, sends no basic.cancel or channel.close on the consuming
 // connection after its connection.close, refuses settles from the moment
 // it begins (one already being written may still cross the close: counted,
-// not failed; so may a Publish under way on the publishing connection:
-// such a crossing is the 504 Close logs instead of returning), and loses
+// not failed; so may a Publish under way on the publishing connection;
+// RabbitMQ 3.10 ignores both after a connection.close), and loses
 // nothing: every message whose Publish returned nil was either handled or
 // is back in the queue. Bounded: at most 8 rounds and 15 s.
 func TestCloseWhileBusy(t *testing.T) {
