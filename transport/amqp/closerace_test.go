@@ -355,7 +355,14 @@ func TestConsumerChanCloseStopsSettles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _, _ = setup.QueueDelete(q, false, false, false) }()
+	t.Cleanup(func() { // on a connection of its own: this one may have died
+		if c, err := amqp.Dial(burl); err == nil {
+			if ch, err := c.Channel(); err == nil {
+				_, _ = ch.QueueDelete(q, false, false, false)
+			}
+			c.Close()
+		}
+	})
 	if _, err := setup.QueueDeclare(q, false, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
