@@ -401,3 +401,20 @@ func DeadLetterMessage(m *message.Message, topic, group string, cause error) *me
 	h[message.HeaderDeadLetterTime] = time.Now().UTC().Format(time.RFC3339Nano)
 	return &message.Message{ID: m.ID, Key: m.Key, Headers: h, Payload: m.Payload}
 }
+
+// Reject settles a message the adapter received but cannot hand to the
+// handler (it is not in courier's format: malformed encoding, a header it
+// cannot read) down the dead-letter path, with cause as the reason and
+// without running the handler: a copy with the courier-dlq-* headers to
+// DeadLetterTopic and then Ack (Nack when that publish fails, so nothing
+// is lost), else the broker's native terminate, else a logged drop. m is
+// whatever the adapter could recover of the message (its raw payload and
+// headers). The Settled hook sees it like any dead-lettered message, with
+// cause (marked permanent) as HandlerErr. Reject takes no in-flight slot
+// and may be called from the adapter's receive loop.
+func (d *Dispatcher) Reject(m *message.Message, a Acker, cause error) {
+	if !message.IsPermanent(cause) {
+		cause = message.Permanent(cause)
+	}
+	d.deadLetter(m, a, cause)
+}

@@ -147,8 +147,9 @@ type SubscribeOptions struct {
 	// message's in-flight slot is freed: it must be quick and must not
 	// block. A panic in it is recovered and logged. Not reported: messages
 	// the subscription never took (refused while stopping, left for
-	// redelivery) and messages an adapter settles itself before any
-	// handler sees them (NATS JetStream terminates one it cannot decode).
+	// redelivery). A message an adapter cannot decode is settled with
+	// Dispatcher.Reject, without the handler, and reported like any
+	// dead-lettered one.
 	// "Returned" is the Acker's return: where an adapter defers the
 	// broker call (Pub/Sub holds a delayed nack's lease until the delay
 	// passed), the hook runs when the settle was asked for.

@@ -81,6 +81,11 @@
 //     DeadLetterTopic (published through this adapter, acked after it was
 //     stored), or, without a dead-letter topic, TermWithReason (the server
 //     never redelivers it and emits a terminated advisory);
+//   - a message the adapter cannot read as courier's (it claims courier's
+//     header quoting but a value is not quoted correctly) never reaches the
+//     handler: it takes the same dead-letter path with the decode error as
+//     the reason, keeping its payload and the headers it came with
+//     (transport.Dispatcher.Reject);
 //   - a message held a third of AckWait since it was received or last
 //     extended gets an InProgress (checked every quarter of AckWait), so a
 //     handler running longer than AckWait is not redelivered meanwhile;

@@ -439,11 +439,12 @@ func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
 	// One allocation for the acker and the courier message it carries.
 	a := &jsAcker{s: s, msg: msg}
 	m := &a.m
-	if err := decodeInto(m, s.topic, msg.Headers(), msg.Data()); err != nil {
-		// Not a courier-encoded message we can read: never retry it.
-		s.t.log.Error("natstransport: undecodable message terminated", "topic", s.topic, "subject", msg.Subject(), "error", err)
-		_ = msg.TermWithReason(err.Error())
-		return delivery{}, false
+	derr := decodeInto(m, s.topic, msg.Headers(), msg.Data())
+	if derr != nil {
+		// Not a courier-encoded message we can read: it goes down the
+		// dead-letter path with the reason (below), never to the handler
+		// and never retried. What it carries is kept as it came.
+		*m = message.Message{Topic: s.topic, Payload: msg.Data(), Headers: rawHeaders(msg.Headers())}
 	}
 	if md, err := msg.Metadata(); err == nil {
 		m.Attempt = int(md.NumDelivered)
@@ -454,6 +455,11 @@ func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
 			// stream position is an ID stable across redeliveries.
 			m.ID = md.Stream + ":" + strconv.FormatUint(md.Sequence.Stream, 10)
 		}
+	}
+	if derr != nil {
+		s.t.log.Error("natstransport: undecodable message dead-lettered", "topic", s.topic, "subject", msg.Subject(), "message_id", m.ID, "dead_letter_topic", s.opts.DeadLetterTopic, "error", derr)
+		s.d.Reject(m, a, derr)
+		return delivery{}, false
 	}
 	m.SetAs(func(target any) bool {
 		switch p := target.(type) {
@@ -570,4 +576,22 @@ func (t *Transport) publishDeadLetter(ctx context.Context, topic string, m *mess
 		defer cancel()
 	}
 	return t.publish(ctx, topic, []*message.Message{m})
+}
+
+// rawHeaders is the headers of an undecodable message, first values as
+// they came (nothing unquoted), for its dead-letter copy; the adapter's
+// own (Nats-*, courier's encoding markers) are left out, as a publish
+// would refuse them.
+func rawHeaders(h nats.Header) message.Header {
+	var out message.Header
+	for k, vs := range h {
+		if len(vs) == 0 || reservedHeader(k) {
+			continue
+		}
+		if out == nil {
+			out = make(message.Header, len(h))
+		}
+		out[k] = vs[0]
+	}
+	return out
 }
