@@ -15,6 +15,7 @@ import (
 
 	"github.com/courierkit/courier/internal/testenv"
 	"github.com/courierkit/courier/message"
+	kafkatransport "github.com/courierkit/courier/transport/kafka"
 )
 
 // A produce request that fails (a NOT_LEADER_OR_FOLLOWER answer, then a
@@ -79,53 +80,16 @@ func TestPublishRetriesKeepEveryRecordOnce(t *testing.T) {
 	if n := seen.Load(); n < 5 {
 		t.Errorf("%d produce requests, want at least 5 (the refused and dropped ones sent again)", n)
 	}
-	var client sarama.Client
-	tr.As(&client)
-	cons, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Close()
-	parts, err := client.Partitions(topic)
-	if err != nil {
-		t.Fatal(err)
-	}
 	count := map[string]int{}
 	last := map[string]int{}
-	for _, p := range parts {
-		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hwm == 0 {
-			continue
-		}
-		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for done := false; !done; {
-			select {
-			case m := <-pc.Messages():
-				id := ""
-				for _, h := range m.Headers {
-					if string(h.Key) == "courier-id" {
-						id = string(h.Value)
-					}
-				}
-				count[id]++
-				if n, err := strconv.Atoi(id[1:]); err == nil && len(m.Key) > 0 {
-					if prev, ok := last[string(m.Key)]; ok && n < prev {
-						t.Errorf("key %s: %s after m%d", m.Key, id, prev)
-					}
-					last[string(m.Key)] = n
-				}
-				done = m.Offset == hwm-1
-			case <-time.After(10 * time.Second):
-				t.Fatalf("partition %d: nothing read within 10s", p)
+	for _, r := range readRecords(t, tr, topic) {
+		count[r.id]++
+		if n, err := strconv.Atoi(r.id[1:]); err == nil && r.key != "" {
+			if prev, ok := last[r.key]; ok && n < prev {
+				t.Errorf("key %s: %s after m%d", r.key, r.id, prev)
 			}
+			last[r.key] = n
 		}
-		pc.Close()
 	}
 	for _, m := range ms {
 		if count[m.ID] != 1 {
@@ -171,8 +135,42 @@ func TestPublishConcurrentCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	count := map[string]int{}
+	last := map[string]int{}
+	for _, r := range readRecords(t, tr, topic) {
+		count[r.id]++
+		if r.key == "" {
+			continue
+		}
+		var c, n int
+		if _, err := fmt.Sscanf(r.id, "c%d-%d", &c, &n); err != nil {
+			t.Fatalf("id %q: %v", r.id, err)
+		}
+		if prev, ok := last[r.key]; ok && n < prev {
+			t.Errorf("key %s: %s after %d", r.key, r.id, prev)
+		}
+		last[r.key] = n
+	}
+	for c := range callers {
+		for n := range calls * per {
+			if id := "c" + strconv.Itoa(c) + "-" + strconv.Itoa(n); count[id] != 1 {
+				t.Errorf("%s: %d records, want 1", id, count[id])
+			}
+		}
+	}
+}
+
+// record is one stored record's courier ID and key.
+type record struct{ id, key string }
+
+// readRecords reads every record of topic, partition by partition in
+// offset order, with a plain sarama consumer on the transport's client.
+func readRecords(t *testing.T, tr *kafkatransport.Transport, topic string) []record {
+	t.Helper()
 	var client sarama.Client
-	tr.As(&client)
+	if !tr.As(&client) {
+		t.Fatal("As(*sarama.Client) = false")
+	}
 	cons, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
 		t.Fatal(err)
@@ -182,8 +180,7 @@ func TestPublishConcurrentCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	count := map[string]int{}
-	last := map[string]int{}
+	var out []record
 	for _, p := range parts {
 		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
@@ -199,36 +196,20 @@ func TestPublishConcurrentCalls(t *testing.T) {
 		for done := false; !done; {
 			select {
 			case m := <-pc.Messages():
-				done = m.Offset == hwm-1
-				var id string
+				r := record{key: string(m.Key)}
 				for _, h := range m.Headers {
 					if string(h.Key) == "courier-id" {
-						id = string(h.Value)
+						r.id = string(h.Value)
 					}
 				}
-				count[id]++
-				if len(m.Key) == 0 {
-					continue
-				}
-				var c, n int
-				if _, err := fmt.Sscanf(id, "c%d-%d", &c, &n); err != nil {
-					t.Fatalf("id %q: %v", id, err)
-				}
-				if prev, ok := last[string(m.Key)]; ok && n < prev {
-					t.Errorf("key %s: %s after %d", m.Key, id, prev)
-				}
-				last[string(m.Key)] = n
+				out = append(out, r)
+				done = m.Offset == hwm-1
 			case <-time.After(10 * time.Second):
+				pc.Close()
 				t.Fatalf("partition %d: nothing read within 10s", p)
 			}
 		}
 		pc.Close()
 	}
-	for c := range callers {
-		for n := range calls * per {
-			if id := "c" + strconv.Itoa(c) + "-" + strconv.Itoa(n); count[id] != 1 {
-				t.Errorf("%s: %d records, want 1", id, count[id])
-			}
-		}
-	}
+	return out
 }
