@@ -62,11 +62,6 @@ func rawSetup(b *testing.B, c *pubsub.Client, topic string, sub bool) (topicPath
 	return topicPath, subPath
 }
 
-func report(b *testing.B, start time.Time) {
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
-}
-
 // BenchmarkPublish: messages of 64 B, awaited until Pub/Sub stored them,
 // published alternately through the raw client and through the adapter in
 // rounds of 1000, so that both see the same machine load (the machine is

@@ -131,14 +131,6 @@ func brokers(t testing.TB) []string {
 	return strings.Split(testenv.Kafka(t, startKfake), ",")
 }
 
-func brokerURL(t testing.TB, params string) string {
-	u := "kafka://" + strings.Join(brokers(t), ",")
-	if params != "" {
-		u += "?" + params
-	}
-	return u
-}
-
 var seq atomic.Int64
 
 // name returns a topic or group name unique in this test binary.
