@@ -3,6 +3,7 @@ package message
 import (
 	"context"
 	"maps"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,7 +54,8 @@ type Message struct {
 	// does not say.
 	Time time.Time
 
-	as func(any) bool
+	as    func(any) bool
+	bound binding // see Bind
 }
 
 // New returns a message with a fresh ID and the given payload.
@@ -81,6 +83,7 @@ func (m *Message) Copy() *Message {
 		c.Payload = append([]byte(nil), m.Payload...)
 	}
 	c.as = nil
+	c.bound = binding{}
 	return &c
 }
 
@@ -129,4 +132,66 @@ func Chain(h Handler, mw ...Middleware) Handler {
 		}
 	}
 	return h
+}
+
+// Bound is per-delivery state that the code running a received message's
+// handlers (a router) attaches to the message's context with Bind.
+type Bound struct {
+	// Message is the message the state belongs to.
+	Message *Message
+	// Value is the binder's state.
+	Value any
+}
+
+// Bind returns a context derived from parent whose Value(key) is a *Bound
+// of m and val (BoundFrom reads it); every other key is looked up in
+// parent. It is for code that runs handlers for a received message, such
+// as a router handing its middleware the delivery's route: the context and
+// its Bound live inside m, so Bind allocates nothing the first time it is
+// called for a message. A later call for the same message (a transport
+// that hands the same *Message over again) allocates a new context, so a
+// context a handler kept from an earlier call keeps its own Bound. The
+// context stays valid as long as m is reachable. key must be comparable,
+// as for context.WithValue.
+func (m *Message) Bind(parent context.Context, key, val any) context.Context {
+	if parent == nil {
+		panic("message: Bind with a nil parent context")
+	}
+	c := &m.bound
+	if !atomic.CompareAndSwapUint32(&c.used, 0, 1) {
+		c = &binding{used: 1}
+	}
+	c.Context, c.key, c.b = parent, key, Bound{Message: m, Value: val}
+	return c
+}
+
+// BoundFrom returns the Bound that the innermost Bind with key attached to
+// ctx, or nil.
+func BoundFrom(ctx context.Context, key any) *Bound {
+	b, _ := ctx.Value(key).(*Bound)
+	return b
+}
+
+// binding is the context Bind returns; a Message holds one.
+type binding struct {
+	context.Context
+	key  any
+	b    Bound
+	used uint32 // claimed by Bind (atomic)
+}
+
+func (c *binding) Value(key any) any {
+	if key == c.key {
+		return &c.b
+	}
+	return c.Context.Value(key)
+}
+
+func (c *binding) String() string { return "message.Bind(" + contextName(c.Context) + ")" }
+
+func contextName(c context.Context) string {
+	if s, ok := c.(interface{ String() string }); ok {
+		return s.String()
+	}
+	return "context"
 }

@@ -36,12 +36,9 @@ func BenchmarkStackPaired(b *testing.B) {
 			name += "/headers"
 		}
 		b.Run(name, func(b *testing.B) {
-			rig := memrig.Options{Concurrency: c.conc, Publishers: 2, ViaRouter: true, Headers: c.headers, Backlog: 1 << 20}
-			bare := memrig.New(b, rig)
-			defer bare.Close()
-			rig.Middleware = fullStack()
-			stack := memrig.New(b, rig)
-			defer stack.Close()
+			bare := memrig.Options{Concurrency: c.conc, Publishers: 2, ViaRouter: true, Headers: c.headers, Backlog: 1 << 20}
+			stack := bare
+			stack.Middleware = fullStack()
 			var bw, bc, ba, sw, sc, sa, dw, dc, da []float64
 			memrig.Paired(b, pairRounds, bare, stack, func(round int, baseFirst bool, x, y memrig.Stats) {
 				bw, bc, ba = append(bw, x.Wall), append(bc, x.CPU), append(ba, x.Allocs)

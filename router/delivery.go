@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"unsafe"
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/transport"
@@ -15,30 +16,26 @@ import (
 type Delivery struct {
 	// Message is the message being handled.
 	Message *message.Message
-	route   *route
+	route   any // *route
 }
+
+// A Delivery is the router's message.Bound seen through its own type: the
+// router binds each message with its route as the Bound's Value, and
+// FromContext converts the *message.Bound the message holds into a
+// *Delivery, so that building a handler's context allocates nothing. The
+// two types must keep the same layout (TestDeliveryLayout).
+func asDelivery(b *message.Bound) *Delivery { return (*Delivery)(unsafe.Pointer(b)) }
 
 type deliveryKey struct{}
-
-// deliveryCtx carries a Delivery in one allocation (a context.WithValue
-// plus a separate Delivery would be two).
-type deliveryCtx struct {
-	context.Context
-	d Delivery
-}
-
-func (c *deliveryCtx) Value(key any) any {
-	if key == (deliveryKey{}) {
-		return &c.d
-	}
-	return c.Context.Value(key)
-}
 
 // FromContext returns the Delivery of the message whose handler ctx
 // belongs to, or nil outside a Router.
 func FromContext(ctx context.Context) *Delivery {
-	d, _ := ctx.Value(deliveryKey{}).(*Delivery)
-	return d
+	b := message.BoundFrom(ctx, deliveryKey{})
+	if b == nil {
+		return nil
+	}
+	return asDelivery(b)
 }
 
 // NewContext returns ctx carrying a Delivery of m for a route with the given
@@ -46,41 +43,53 @@ func FromContext(ctx context.Context) *Delivery {
 // for tests of middleware and for code that runs handlers outside a Router.
 func NewContext(ctx context.Context, m *message.Message, topic, group string, pub transport.Publisher) context.Context {
 	rt := &route{name: routeName(topic, group), topic: topic, group: group, pub: pub, draining: make(chan struct{})}
-	return &deliveryCtx{Context: ctx, d: Delivery{Message: m, route: rt}}
+	return bind(ctx, m, rt)
 }
 
+// bind is the handler's context of m on rt.
+func bind(ctx context.Context, m *message.Message, rt *route) context.Context {
+	if m == nil { // a transport's bug, for the handler chain to report
+		c := new(message.Message).Bind(ctx, deliveryKey{}, rt)
+		message.BoundFrom(c, deliveryKey{}).Message = nil
+		return c
+	}
+	return m.Bind(ctx, deliveryKey{}, rt)
+}
+
+func (d *Delivery) rt() *route { return d.route.(*route) }
+
 // Route is the route's name (Route.Name).
-func (d *Delivery) Route() string { return d.route.name }
+func (d *Delivery) Route() string { return d.rt().name }
 
 // Topic is the route's topic.
-func (d *Delivery) Topic() string { return d.route.topic }
+func (d *Delivery) Topic() string { return d.rt().topic }
 
 // Group is the route's consumer group ("" for a private subscription).
-func (d *Delivery) Group() string { return d.route.group }
+func (d *Delivery) Group() string { return d.rt().group }
 
 // Publisher is the router's publisher as configured (Options.Publisher),
 // without the correlation decoration of PublisherFrom: dead-letter and
 // redelivery copies go through it unchanged. Nil when the router has none.
 // It is the application's connection: do not Close it.
-func (d *Delivery) Publisher() transport.Publisher { return d.route.pub }
+func (d *Delivery) Publisher() transport.Publisher { return d.rt().pub }
 
 // Capabilities are the subscriber's capabilities, when it declares them
 // (it implements transport.Conn or a Capabilities method); ok is false
 // otherwise.
 func (d *Delivery) Capabilities() (caps transport.Capabilities, ok bool) {
-	return d.route.caps, d.route.hasCaps
+	return d.rt().caps, d.rt().hasCaps
 }
 
 // Draining is closed once the router began a graceful shutdown: a handler
 // that is waiting (a backoff between retries, a rate limit) should stop
 // waiting and return its error so the message is nacked and redelivered
 // later, instead of holding the shutdown up.
-func (d *Delivery) Draining() <-chan struct{} { return d.route.draining }
+func (d *Delivery) Draining() <-chan struct{} { return d.rt().draining }
 
 // IsDraining reports whether Draining is closed.
 func (d *Delivery) IsDraining() bool {
 	select {
-	case <-d.route.draining:
+	case <-d.rt().draining:
 		return true
 	default:
 		return false
@@ -95,10 +104,10 @@ func (d *Delivery) IsDraining() bool {
 // publisher, it returns nil.
 func PublisherFrom(ctx context.Context) transport.Publisher {
 	d := FromContext(ctx)
-	if d == nil || d.route.pub == nil {
+	if d == nil || d.rt().pub == nil {
 		return nil
 	}
-	return followUpPublisher{d.route.pub}
+	return followUpPublisher{d.rt().pub}
 }
 
 // followUpPublisher stamps correlation and causation from the delivery in

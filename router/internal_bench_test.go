@@ -18,11 +18,18 @@ func BenchmarkRouteHandle(b *testing.B) {
 	}
 	rt := r.routes[0]
 	rt.handler = rt.build(nil)
-	m := &message.Message{ID: "x"}
+	// Each delivery is a new *Message, as transports make them: a message
+	// from a ring is reset before it is handed over again (the reset,
+	// ~3 ns, is part of the figure).
+	ms := make([]message.Message, 1024)
 	ctx := context.Background()
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
+		m := &ms[i%len(ms)]
+		*m = message.Message{ID: "x"}
 		_ = rt.Handle(ctx, m)
+		i++
 	}
 }
 

@@ -28,12 +28,9 @@ var pairRounds = flag.Int("rounds", 7, "rounds of the paired benchmark")
 func BenchmarkRouterPaired(b *testing.B) {
 	for _, conc := range []int{1, 4} {
 		b.Run("conc"+strconv.Itoa(conc), func(b *testing.B) {
-			rig := memrig.Options{Concurrency: conc, Publishers: conc, Backlog: *benchBacklog}
-			direct := memrig.New(b, rig)
-			defer direct.Close()
-			rig.ViaRouter = true
-			routed := memrig.New(b, rig)
-			defer routed.Close()
+			direct := memrig.Options{Concurrency: conc, Publishers: conc, Backlog: *benchBacklog}
+			routed := direct
+			routed.ViaRouter = !*pairAA
 			var tw, tc, ta, rw, rc, ra, pw, pc []float64
 			memrig.Paired(b, *pairRounds, direct, routed, func(round int, baseFirst bool, x, y memrig.Stats) {
 				tw, tc, ta = append(tw, x.Wall), append(tc, x.CPU), append(ta, x.Allocs)
@@ -68,3 +65,8 @@ func BenchmarkRouterPaired(b *testing.B) {
 // slower builds a queue of up to a whole round and pays for growing it and
 // for the collector scanning it: that measures the queue, not the router.
 var benchBacklog = flag.Int("backlog", 10000, "the mem transport's MaxBacklog in the paired benchmark")
+
+// pairAA makes both sides of BenchmarkRouterPaired the bare transport (an
+// A/A run): its added-% is the harness's own noise, which a router figure
+// should be read against.
+var pairAA = flag.Bool("aa", false, "A/A run: both sides of the paired benchmark without a router")

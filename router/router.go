@@ -520,8 +520,7 @@ func (rt *route) Handle(ctx context.Context, m *message.Message) (err error) {
 		}
 		rt.leave()
 	}()
-	dc := &deliveryCtx{Context: ctx, d: Delivery{Message: m, route: rt}}
-	return rt.handler.Handle(dc, m)
+	return rt.handler.Handle(bind(ctx, m, rt), m)
 }
 
 // leave ends one message's accounting and, during a drain, wakes
