@@ -25,6 +25,11 @@
 // Middleware is func(Handler) Handler. Chain(h, a, b) runs a, then b, then
 // h: the first middleware is the outermost, as with net/http stacks.
 //
+// Code that runs a handler chain for a received message (the router) hands
+// the chain per-delivery state with Message.Bind: the returned context
+// lives inside the Message, so it costs no allocation, and BoundFrom reads
+// it back. Message.SetAs is the matching hook for transports.
+//
 // # Headers and CloudEvents
 //
 // The Header* constants map one to one onto CloudEvents context attributes

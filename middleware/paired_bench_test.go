@@ -1,6 +1,7 @@
 package middleware_test
 
 import (
+	"flag"
 	"strconv"
 	"testing"
 
@@ -8,15 +9,17 @@ import (
 )
 
 // pairRounds is how many rounds a paired benchmark runs; each round runs
-// both variants once, alternating which goes first.
-const pairRounds = 7
+// both variants once, alternating which goes first, on fresh rigs (see
+// memrig.Paired).
+var pairRounds = flag.Int("rounds", 21, "rounds of the paired benchmark")
 
 // BenchmarkStackPaired measures the recommended stack's per-message
 // overhead over a bare handler on the mem transport (publish → router →
 // handler → ack) as a paired comparison: two routers, bare and
 // Recommended (idempotency on a MemoryStore), run side by side, and
-// each of 7 rounds runs b.N messages through each, alternating which
-// goes first, after a GC. It logs every round and reports medians: wall
+// each of -rounds rounds (default 21) starts both afresh (memrig.Paired)
+// and runs b.N messages through each, alternating which goes first,
+// after a GC. It logs every round and reports medians: wall
 // and CPU time per message of each variant, the median of the per-round
 // differences (overhead-ns/msg, overhead-cpu-ns/msg) and allocations per
 // message (runtime.MemStats.Mallocs, whole process). The headers
@@ -36,11 +39,11 @@ func BenchmarkStackPaired(b *testing.B) {
 			name += "/headers"
 		}
 		b.Run(name, func(b *testing.B) {
-			bare := memrig.Options{Concurrency: c.conc, Publishers: 2, ViaRouter: true, Headers: c.headers, Backlog: 1 << 20}
+			bare := memrig.Options{Concurrency: c.conc, Publishers: 2, ViaRouter: true, Headers: c.headers}
 			stack := bare
 			stack.Middleware = fullStack()
 			var bw, bc, ba, sw, sc, sa, dw, dc, da []float64
-			memrig.Paired(b, pairRounds, bare, stack, func(round int, baseFirst bool, x, y memrig.Stats) {
+			memrig.Paired(b, *pairRounds, bare, stack, func(round int, baseFirst bool, x, y memrig.Stats) {
 				bw, bc, ba = append(bw, x.Wall), append(bc, x.CPU), append(ba, x.Allocs)
 				sw, sc, sa = append(sw, y.Wall), append(sc, y.CPU), append(sa, y.Allocs)
 				dw, dc, da = append(dw, y.Wall-x.Wall), append(dc, y.CPU-x.CPU), append(da, y.Allocs-x.Allocs)
