@@ -144,3 +144,44 @@ func ExampleMessage_Bind() {
 	fmt.Println(b.Message.ID, b.Value)
 	// Output: order-1 orders/billing
 }
+
+type nativeRecord struct{ id string }
+
+func (n *nativeRecord) As(target any) bool {
+	p, ok := target.(**nativeRecord)
+	if ok {
+		*p = n
+	}
+	return ok
+}
+
+func TestSetNative(t *testing.T) {
+	rec := &nativeRecord{id: "n1"}
+	m := &message.Message{}
+	if n := testing.AllocsPerRun(100, func() { m.SetNative(rec) }); n != 0 {
+		t.Errorf("SetNative: %v allocations, want 0", n)
+	}
+	var got *nativeRecord
+	if !m.As(&got) || got != rec {
+		t.Fatalf("As after SetNative: %v", got)
+	}
+	var s string
+	if m.As(&s) {
+		t.Error("As set a target of the wrong type")
+	}
+	if m.Copy().As(&got) {
+		t.Error("a copy reaches the native message")
+	}
+	m.SetAs(func(target any) bool { return target == nil })
+	if !m.As(nil) || m.As(&got) {
+		t.Error("SetAs does not replace SetNative")
+	}
+	m.SetNative(nil)
+	if m.As(&got) {
+		t.Error("SetNative(nil) kept the native message")
+	}
+	m.SetAs(nil)
+	if m.As(nil) {
+		t.Error("SetAs(nil) kept a function")
+	}
+}

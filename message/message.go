@@ -54,8 +54,8 @@ type Message struct {
 	// does not say.
 	Time time.Time
 
-	as    func(any) bool
-	bound binding // see Bind
+	native Native
+	bound  binding // see Bind
 }
 
 // New returns a message with a fresh ID and the given payload.
@@ -82,7 +82,7 @@ func (m *Message) Copy() *Message {
 	if m.Payload != nil {
 		c.Payload = append([]byte(nil), m.Payload...)
 	}
-	c.as = nil
+	c.native = nil
 	c.bound = binding{}
 	return &c
 }
@@ -93,14 +93,39 @@ func (m *Message) Copy() *Message {
 // transport's package doc lists its targets. It reports whether target was
 // set.
 func (m *Message) As(target any) bool {
-	if m == nil || m.as == nil {
+	if m == nil || m.native == nil {
 		return false
 	}
-	return m.as(target)
+	return m.native.As(target)
 }
 
-// SetAs is for transports: it installs the function As calls.
-func (m *Message) SetAs(fn func(target any) bool) { m.as = fn }
+// Native is what a transport attaches to a received message so that
+// Message.As reaches the broker's own message.
+type Native interface {
+	// As sets target (a pointer to a native type) and reports whether it
+	// could.
+	As(target any) bool
+}
+
+// SetNative is for transports: it installs what As calls. A transport
+// that passes the per-delivery value it already has allocates nothing
+// here (SetAs needs a closure, which usually costs an allocation per
+// message). nil removes it.
+func (m *Message) SetNative(n Native) { m.native = n }
+
+// SetAs is for transports: it installs the function As calls. SetNative
+// does the same without a closure.
+func (m *Message) SetAs(fn func(target any) bool) {
+	if fn == nil {
+		m.native = nil
+		return
+	}
+	m.native = asFunc(fn)
+}
+
+type asFunc func(target any) bool
+
+func (f asFunc) As(target any) bool { return f(target) }
 
 // Handler handles one received message. A nil error acks it; any other
 // error nacks it so the transport delivers it again (after a delay where the
