@@ -103,36 +103,32 @@
 //
 // # Performance
 //
-// Measured 2026-11-22 on the project's 2-core machine (a Firecracker VM
-// on AMD EPYC, Go 1.26) while three other engineers built and
-// benchmarked on it (load average 3–6 as noted): wall time per message
-// there partly measures waiting for a core, so the paired benchmarks also
-// report CPU time per message (user+system of the whole process, GC
-// included). The lead re-measures on a quiet machine; the commands below
-// reproduce each figure in well under two minutes.
+// Measured 2026-11-23, 00:15–00:17 UTC, on the project's 2-core machine
+// (a Firecracker VM on AMD EPYC, Go 1.26) with nothing else running (load
+// average 1.1–1.7, the benchmark itself), from prebuilt test binaries.
 //
 // Per middleware (BenchmarkMiddleware: each alone around a no-op handler,
 // called directly with a Router delivery context and a new message ID per
-// call; medians of 3 runs, load 3.4; the bare call costs 9–12 ns):
+// call; the range of 3 runs minus the bare call, which costs 10–13 ns):
 //
 //	go test -run '^$' -bench 'BenchmarkMiddleware' -benchmem -benchtime 500000x -count 3 ./middleware/
 //
-//	Recover            +4 ns    0 allocs
-//	CorrelationID     +30 ns    0 allocs (header map already present)
-//	Logging (off)      +4 ns    0 allocs (logger drops every level)
-//	Retry             +45 ns    1 alloc  (the per-attempt context, 80 B)
-//	Redelivery         +4 ns    0 allocs
-//	DeadLetter         +1 ns    0 allocs
-//	Idempotency      +210 ns    0 allocs (MemoryStore; was +400 ns, 3 allocs)
-//	CircuitBreaker   +120 ns    0 allocs (gobreaker: two locks, two time.Now)
-//	Timeout       +90–125 ns    1 alloc  (its context; a time.Now)
-//	RateLimit (Inf)    +5 ns    0 allocs (was +80 ns)
-//	RateLimit (1e9/s) +72 ns    0 allocs (a token taken with Allow: a lock, a time.Now)
-//	Recommended      +460 ns    1 alloc  (with the MemoryStore; was +715 ns, 4 allocs)
+//	Recover              +8–10 ns   0 allocs
+//	CorrelationID       +37–42 ns   0 allocs (header map already present)
+//	Logging (off)        +5–16 ns   0 allocs (the logger drops every level)
+//	Retry               +50–75 ns   1 alloc  (the per-attempt context, 80 B)
+//	Redelivery           +2–5 ns    0 allocs
+//	DeadLetter           +2–3 ns    0 allocs
+//	Idempotency       +210–225 ns   0 allocs (MemoryStore)
+//	CircuitBreaker    +125–130 ns   0 allocs (gobreaker: two locks, two time.Now)
+//	Timeout            +97–115 ns   1 alloc  (its context; a time.Now)
+//	RateLimit (Inf)      +4–7 ns    0 allocs
+//	RateLimit (1e9/s)     +89 ns    0 allocs (a token taken with Allow: a lock, a time.Now)
+//	Recommended       +610–710 ns   1 alloc  (all of the above in the recommended order)
 //
 // Most of what remains is the clock: on this VM time.Now costs about 45
 // ns and a monotonic reading (time.Since) about 25 ns. gobreaker reads
-// time.Now twice per message (90 of the breaker's 120 ns), Retry once for
+// time.Now twice per message (90 of the breaker's ~125 ns), Retry once for
 // the attempt deadline, the MemoryStore twice (Claim and Done). The
 // breaker's cost can only shrink by replacing gobreaker.
 //
@@ -141,47 +137,26 @@
 // breaker, dead-letter, timeout) adds at most 1.5 µs and 8 allocations
 // per message over a bare handler, on the mem transport.
 // BenchmarkStackPaired runs a bare router and a Recommended one side by
-// side on two mem brokers, 7 rounds of N messages through each,
-// alternating which goes first, and reports per-round figures and their
-// medians (publish → router → handler → ack, 2 publishers):
+// side on two mem brokers (publish → router → handler → ack, 2
+// publishers, the default backlog), 21 rounds; each round starts both
+// afresh at a random heap offset and in random order (internal/memrig:
+// where a rig's goroutines and objects land moves its cost by up to ±15 %
+// for its whole life, so one long-lived pair would repeat one draw),
+// runs N messages through each, alternating which goes first, and reports
+// medians:
 //
-//	go test -run '^$' -bench 'StackPaired' -benchtime 300000x ./middleware/
+//	go test -run '^$' -bench 'StackPaired' -benchtime 200000x ./middleware/
 //
-//	median of 7 rounds, ns/message         bare              recommended        overhead (median of the 7 differences)
-//	Concurrency 1, idle (lead, 22:40):  332 wall, 520 CPU   1069 wall, 1375 CPU   +727 wall, +863 CPU, +3 allocs (4 → 7)
-//	Concurrency 4, idle (lead, 22:40):  538 wall, 772 CPU   1363 wall, 2013 CPU   +766 wall, +1164 CPU, +3 allocs
-//	Conc. 1 headers, idle (lead, 22:40): 873 wall, 1428 CPU 1544 wall, 2326 CPU   +638 wall, +801 CPU, +1 alloc (10 → 11)
-//	Concurrency 1, load 2.1:          (final code, figures of the overhead only)    +757 wall, +841 CPU, +3 allocs (4 → 7)
-//	Concurrency 4, load 2.0:                                                         +798 wall, +1119 CPU, +3 allocs
-//	Conc. 1 headers, load 1.9:                                                       +671 wall, +816 CPU, +1 alloc (10 → 11)
-//	Concurrency 1, load 3.6:          311 wall, 474 CPU   1103 wall, 1240 CPU   +725 wall, +760 CPU, +3 allocs (4 → 7)
-//	Concurrency 1, load 4.8–5.2 (×3): 411–737, 422–479    1422–2625, 1315–1373  +909/+1499/+1914 wall, +882/+916/+941 CPU, +3 allocs
-//	Concurrency 4, load 4.2:          705 wall, 657 CPU   2150 wall, 1625 CPU   +1444 wall, +951 CPU, +3 allocs
-//	Concurrency 4, load 5.7–6.0 (×3): 1023–1503, 661–665  3536–4660, 1710–1811  +1298/+2182/+2486 wall, +1052/+1063/+1095 CPU, +3 allocs
-//	Conc. 1 headers, load 4.3:        1336 wall, 1208 CPU 2159 wall, 1977 CPU   +832 wall, +807 CPU, +1 alloc (10 → 11)
-//	Conc. 1 headers, load 5.7–6.2 (×3): 758–2560, 1260–1418 1481–4612, 2157–2268 +681/+813/+2044 wall, +850/+892/+975 CPU, +1 alloc
+//	two runs, ns/message     bare (median)         recommended (median)    overhead (median of the differences)
+//	Concurrency 1            289–300 wall, 480–496 CPU   997–1017 wall, 1348–1373 CPU   +703/+717 wall, +889/+851 CPU, +2.9 allocs (3.1 → 6.0)
+//	Concurrency 4            494–516 wall, 700–718 CPU   1403–1408 wall, 1945–2019 CPU  +887/+883 wall, +1280/+1217 CPU, +2.9 allocs
+//	Conc. 1, one header      689–695 wall, 1298–1334 CPU 1357–1363 wall, 2177–2179 CPU  +664/+666 wall, +860/+843 CPU, +0.9 allocs (9.1 → 10.0)
 //
-// (The load 3.6–4.3 rows ran before the last MemoryStore change,
-// e878f22; the others on the code as it is.)
-//
-// Before and after, interleaved in one session (the benchmark at commit
-// 567f906, before any of this work, against this one; Concurrency 1, load
-// 3–5.7): overhead +1134/+1235/+1139 ns CPU and +6 allocations before,
-// +952/+981/+892 ns CPU and +3 allocations after.
-//
-// The allocation budget (8) is met with room to spare: 3 allocations,
-// Retry's per-attempt context and the correlation header map (two, only
-// for a message that arrives without headers: with one header the stack
-// adds one allocation). The time budget (1.5 µs) is met in CPU time,
-// 0.76–1.1 µs per message at loads 2–6 on 2 cores, and in wall time at
-// load 2 (0.67–0.80 µs). Wall time at these
-// loads swings with the scheduler: at Concurrency 1 the single consumer
-// goroutine is the bottleneck and gets a fraction of a core, so its wall
-// overhead reached 1.50 and 1.91 µs in two of three runs at load 5. On the
-// idle machine (the "idle" rows, load 0.6–0.8 from the benchmark itself)
-// the overhead is 0.64–0.77 µs wall and 0.80–1.16 µs CPU at every
-// variant: the target holds with about half the budget to spare (before this work, at load
-// 0.9, the same benchmark measured +838 ns wall, +1025 ns CPU).
+// The target holds with room at every variant: about 0.7–0.9 µs of the
+// 1.5 µs, and 3 of the 8 allocations: Retry's per-attempt context and the
+// correlation header map (two, only for a message that arrives without
+// headers: with one header the stack adds one allocation). The fractional
+// allocation counts are the mem transport's (its queue grows now and then).
 //
 // Where the remaining overhead goes (a CPU profile of BenchmarkStackOnMem,
 // recommended minus bare): about a third is clock reads — gobreaker's
