@@ -54,6 +54,11 @@ type DeadLetterOptions struct {
 	// Logger gets one Error line per dead letter and per failed
 	// dead-letter publish. Default nil: discards.
 	Logger *slog.Logger
+	// PublishTimeout bounds the dead-letter publish, which ignores the
+	// handler's cancellation (so it completes during shutdown) but must
+	// not hang on an unreachable broker: when it runs out the message is
+	// nacked. Default 30s.
+	PublishTimeout time.Duration
 	// OnDeadLetter, when set, is called after a message was published to
 	// the dead-letter topic dlq because of err, with the handler's ctx
 	// (courierotel.Instrumentation.OnDeadLetter fits). Default nil.
@@ -71,11 +76,20 @@ type DeadLetterOptions struct {
 // The original is acked (DeadLetter returns nil) only after the dead-letter
 // publish succeeded; when it fails, DeadLetter returns a retryable error
 // (the Permanent mark removed) and the transport nacks the message, so it
-// is never lost. The publish uses context.WithoutCancel, so dead-lettering
-// completes during shutdown (ThreeDotsLabs/watermill#636).
+// is never lost. The publish uses context.WithoutCancel, bounded by
+// PublishTimeout, so dead-lettering completes during shutdown
+// (ThreeDotsLabs/watermill#636).
 //
 // Errors below MaxAttempts pass through unchanged, to Redelivery outside
-// it. ErrBreakerOpen and ErrInProgress are never dead-lettered nor counted.
+// it. What is not the message's failure is neither dead-lettered nor
+// counted: ErrBreakerOpen and ErrInProgress (the delivery was refused, not
+// run), and any error once the delivery's context has ended (a hard stop:
+// Close, Shutdown out of time; the message goes back to the broker) unless
+// it is Permanent. Deliveries refused with ErrBreakerOpen or ErrInProgress
+// still raise a counting transport's Message.Attempt, so DeadLetter
+// subtracts the refusals it saw for the message (kept with the failure
+// times, bounded by MaxTracked) before comparing with MaxAttempts: an
+// outage that keeps the breaker open does not use up attempts.
 //
 // Interaction with the transport: DeadLetter acks what it dead-letters, so
 // the transport's own dead-letter path (SubscribeOptions.DeadLetterTopic,
@@ -92,6 +106,9 @@ func DeadLetter(opts DeadLetterOptions) message.Middleware {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 30 * time.Second
+	}
 	tr := newTracker(o.MaxTracked)
 	return func(next message.Handler) message.Handler {
 		return message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
@@ -103,15 +120,21 @@ func DeadLetter(opts DeadLetterOptions) message.Middleware {
 				return nil
 			}
 			if deferred(err) {
+				if m.Attempt > 0 { // a counting transport counted it
+					tr.refused(trackKey{groupOf(ctx, o.Group), m.ID})
+				}
 				return err
+			}
+			if ctx.Err() != nil && !message.IsPermanent(err) {
+				return err // stopped, not failed: back to the broker
 			}
 			group := groupOf(ctx, o.Group)
 			key := trackKey{group, m.ID}
 			now := time.Now()
-			failures, first := tr.failed(key, now)
-			attempt := m.Attempt
-			if attempt <= 0 {
-				attempt = failures
+			failures, first, refused := tr.failed(key, now)
+			attempt := failures
+			if m.Attempt > 0 {
+				attempt = max(m.Attempt-refused, failures)
 			}
 			if !message.IsPermanent(err) && attempt < o.MaxAttempts {
 				return err
@@ -136,7 +159,10 @@ func DeadLetter(opts DeadLetterOptions) message.Middleware {
 			dm.Headers[message.HeaderDeadLetterAttempts] = strconv.Itoa(attempt)
 			dm.Headers[HeaderDeadLetterFirstFailure] = first.UTC().Format(time.RFC3339Nano)
 			dm.Headers[HeaderDeadLetterLastFailure] = now.UTC().Format(time.RFC3339Nano)
-			if perr := pub.Publish(context.WithoutCancel(ctx), dlq, dm); perr != nil {
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.PublishTimeout)
+			perr := pub.Publish(pctx, dlq, dm)
+			cancel()
+			if perr != nil {
 				log.ErrorContext(ctx, "courier: dead-letter publish failed; message nacked for redelivery", "message_id", m.ID, "topic", topic, "dead_letter_topic", dlq, "error", perr)
 				return &DeadLetterError{Topic: dlq, MessageID: m.ID, Cause: err.Error(), Err: perr}
 			}

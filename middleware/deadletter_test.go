@@ -104,7 +104,7 @@ func TestDeadLetterDuringShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := pub.all()
-	if len(got) != 1 || got[0].ctx.Err() != nil {
+	if len(got) != 1 || got[0].ctxErr != nil {
 		t.Fatalf("dead letter not published with a live context: %v", got)
 	}
 }

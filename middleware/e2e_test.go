@@ -3,6 +3,8 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,8 +151,11 @@ func TestE2EPersistentFailureDeadLettered(t *testing.T) {
 		d := <-e.dlq
 		e.settled()
 		e.stop()
-		if want := []int{1, 1, 2, 2, 3, 3}; len(attempts) != len(want) {
+		if want := []int{1, 1, 2, 2, 3, 3}; !slices.Equal(attempts, want) {
 			t.Fatalf("handler saw attempts %v, want %v", attempts, want)
+		}
+		if len(e.dlq) != 0 {
+			t.Fatalf("%d more dead letters, want exactly one", len(e.dlq))
 		}
 		// The redelivery waited ≥ InitialDelay/2 (equal jitter), then ≥ InitialDelay.
 		if gap := times[2].Sub(times[1]); gap < 5*time.Second {
@@ -400,3 +405,111 @@ func TestE2EShutdownDuringRedeliveryHold(t *testing.T) {
 		}
 	})
 }
+
+// Deliveries the breaker refuses do not use up dead-letter attempts, though
+// the transport counts them in Message.Attempt: with the breaker opening
+// at the first failure and MaxAttempts 3, the message is dead-lettered
+// after exactly three handler runs, whatever the refusals in between.
+func TestE2EBreakerRefusalsKeepAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := middleware.NewBreaker(middleware.BreakerOptions{ConsecutiveFailures: 1, Timeout: time.Minute})
+		var mu sync.Mutex
+		var runs []int
+		e := newEnv(t, middleware.StackOptions{
+			Breaker:    b,
+			Retry:      middleware.RetryOptions{MaxAttempts: 1},
+			DeadLetter: middleware.DeadLetterOptions{MaxAttempts: 3},
+		}, message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+			mu.Lock()
+			runs = append(runs, m.Attempt)
+			mu.Unlock()
+			return errBoom
+		}), transport.SubscribeOptions{})
+		e.publish(message.New([]byte("job")))
+		d := <-e.dlq
+		e.settled()
+		e.stop()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(runs) != 3 {
+			t.Fatalf("handler ran %d times (deliveries %v), want 3", len(runs), runs)
+		}
+		// Between runs the breaker refused at least one delivery each time.
+		if last := runs[len(runs)-1]; last <= 3 {
+			t.Fatalf("deliveries %v: expected refused deliveries in between", runs)
+		}
+		if got := d.Headers[message.HeaderDeadLetterAttempts]; got != "3" {
+			t.Fatalf("attempts header %q, want 3 (failures, not deliveries)", got)
+		}
+		if len(e.dlq) != 0 {
+			t.Fatal("more than one dead letter")
+		}
+	})
+}
+
+// A delivery whose context ends (a hard stop) on its last attempt is not
+// dead-lettered: the message goes back to the broker, and the next
+// delivery is counted as the last attempt again.
+func TestDeadLetterNotOnCancelledDelivery(t *testing.T) {
+	pub := &recorder{}
+	ctx, cancel := context.WithCancel(t.Context())
+	h := middleware.DeadLetter(middleware.DeadLetterOptions{MaxAttempts: 2, Publisher: pub})(
+		message.HandlerFunc(func(ctx context.Context, _ *message.Message) error {
+			cancel()
+			return ctx.Err()
+		}))
+	m := msg("a")
+	m.Attempt = 2
+	if err := h.Handle(ctx, m); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want the cancellation (nack)", err)
+	}
+	if n := len(pub.all()); n != 0 {
+		t.Fatalf("%d dead letters for a cancelled delivery", n)
+	}
+	// Transports that do not count: the cancelled delivery is not counted.
+	h = middleware.DeadLetter(middleware.DeadLetterOptions{MaxAttempts: 2, Publisher: pub})(
+		message.HandlerFunc(func(context.Context, *message.Message) error { return errBoom }))
+	for i := range 3 {
+		m := msg("b")
+		m.Attempt = 0
+		c := t.Context()
+		if i == 1 {
+			cc, cancel := context.WithCancel(c)
+			cancel()
+			c = cc
+		}
+		_ = h.Handle(c, m)
+	}
+	if got := pub.all(); len(got) != 1 || got[0].m.Headers[message.HeaderDeadLetterAttempts] != "2" {
+		t.Fatalf("dead letters %v, want one after 2 counted failures", got)
+	}
+}
+
+// The dead-letter publish ignores the handler's cancellation but not
+// forever: PublishTimeout ends a publish to an unreachable broker, and
+// the message is nacked.
+func TestDeadLetterPublishTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := middleware.DeadLetter(middleware.DeadLetterOptions{Publisher: hangingPublisher{}, PublishTimeout: 5 * time.Second})(
+			message.HandlerFunc(func(context.Context, *message.Message) error { return message.Permanent(errBoom) }))
+		start := time.Now()
+		err := h.Handle(t.Context(), msg("a"))
+		var dle *middleware.DeadLetterError
+		if !errors.As(err, &dle) || !errors.Is(err, context.DeadlineExceeded) || message.IsPermanent(err) {
+			t.Fatalf("err %v, want a retryable *DeadLetterError from the timeout", err)
+		}
+		if took := time.Since(start); took != 5*time.Second {
+			t.Fatalf("gave up after %v, want 5s", took)
+		}
+	})
+}
+
+type hangingPublisher struct{}
+
+func (hangingPublisher) Publish(ctx context.Context, _ string, _ ...*message.Message) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (hangingPublisher) Close() error { return nil }
+
+var _ = strconv.Itoa

@@ -26,9 +26,10 @@ type recorder struct {
 }
 
 type published struct {
-	topic string
-	m     *message.Message
-	ctx   context.Context
+	topic  string
+	m      *message.Message
+	ctx    context.Context
+	ctxErr error // ctx.Err() when Publish was called
 }
 
 func (r *recorder) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
@@ -38,7 +39,7 @@ func (r *recorder) Publish(ctx context.Context, topic string, msgs ...*message.M
 		return r.fail
 	}
 	for _, m := range msgs {
-		r.got = append(r.got, published{topic, m.Copy(), ctx})
+		r.got = append(r.got, published{topic, m.Copy(), ctx, ctx.Err()})
 	}
 	return nil
 }

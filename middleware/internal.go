@@ -120,6 +120,7 @@ type trackKey struct{ group, id string }
 
 type trackEntry struct {
 	failures int
+	refused  int // deliveries refused (ErrBreakerOpen, ErrInProgress)
 	first    time.Time
 }
 
@@ -131,10 +132,29 @@ func newTracker(max int) *tracker {
 }
 
 // failed records a failure of key at now and returns its failure count
-// (this one included) and the time of its first recorded failure.
-func (t *tracker) failed(key trackKey, now time.Time) (int, time.Time) {
+// (this one included), the time of its first recorded failure and how
+// many of its deliveries were refused.
+func (t *tracker) failed(key trackKey, now time.Time) (int, time.Time, int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	e := t.entry(key)
+	if e.failures == 0 {
+		e.first = now
+	}
+	e.failures++
+	return e.failures, e.first, e.refused
+}
+
+// refused records a delivery of key that was refused, not run.
+func (t *tracker) refused(key trackKey) {
+	t.mu.Lock()
+	t.entry(key).refused++
+	t.mu.Unlock()
+}
+
+// entry returns key's entry, making it (and evicting the oldest past max)
+// when there is none; t.mu held.
+func (t *tracker) entry(key trackKey) *trackEntry {
 	e := t.m[key]
 	if e == nil {
 		for len(t.m) >= t.max && len(t.order) > 0 {
@@ -153,13 +173,12 @@ func (t *tracker) failed(key trackKey, now time.Time) (int, time.Time) {
 			}
 			t.order = live
 		}
-		e = &trackEntry{first: now}
+		e = &trackEntry{}
 		t.m[key] = e
 		t.order = append(t.order, key)
 		t.n.Store(int64(len(t.m)))
 	}
-	e.failures++
-	return e.failures, e.first
+	return e
 }
 
 // get returns key's failure count and first failure time without changing

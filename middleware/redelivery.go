@@ -59,7 +59,9 @@ type RedeliveryOptions struct {
 // Attempts are counted across redeliveries: from Message.Attempt where the
 // transport counts deliveries (Capabilities.AttemptCount), otherwise by
 // Redelivery itself, in memory, per consumer group and message ID (a
-// process restart forgets those counts). Redelivery sets Message.Attempt
+// process restart forgets those counts); it counts only failures, not
+// refusals (ErrBreakerOpen, ErrInProgress) nor errors after the delivery's
+// context ended. Redelivery sets Message.Attempt
 // before calling the next handler, so DeadLetter, inside it, sees the
 // count either way.
 //
@@ -100,7 +102,7 @@ func Redelivery(opts RedeliveryOptions) message.Middleware {
 				}
 				return err
 			}
-			if counting && !deferred(err) {
+			if counting && !deferred(err) && ctx.Err() == nil {
 				tr.failed(key, time.Now())
 			}
 			delay, asked := message.RetryDelay(err)
