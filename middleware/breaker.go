@@ -38,7 +38,10 @@ type BreakerOptions struct {
 	// refused while the breaker is open or half-open. Default Timeout.
 	OpenDelay time.Duration
 	// IsFailure, when set, decides which handler errors count as
-	// failures; the exclusions below apply first. Default: every error.
+	// failures; the exclusions below apply first. An error it does not
+	// count is neutral, like the exclusions: it neither counts as a
+	// failure nor as a success (it does not reset the consecutive-failure
+	// count, nor close a half-open breaker). Default: every error.
 	IsFailure func(error) bool
 	// OnStateChange is called on every state change (gobreaker's
 	// OnStateChange). It runs synchronously while the breaker holds its
@@ -47,8 +50,9 @@ type BreakerOptions struct {
 }
 
 // Breaker is a circuit breaker for handlers. Create it with NewBreaker
-// to share one breaker among routes or expose its state to health checks;
-// CircuitBreaker is the shorthand that makes a private one.
+// to share one breaker among routes (a downstream they all call) or to
+// expose its state to health checks; CircuitBreaker gives each handler it
+// wraps a private one.
 type Breaker struct {
 	cb        *gobreaker.CircuitBreaker[struct{}]
 	name      string
@@ -97,8 +101,14 @@ func NewBreaker(opts BreakerOptions) *Breaker {
 	return &Breaker{cb: gobreaker.NewCircuitBreaker[struct{}](st), name: o.Name, delay: o.OpenDelay, isFailure: o.IsFailure}
 }
 
-// CircuitBreaker returns the middleware of a new Breaker made with opts.
-func CircuitBreaker(opts BreakerOptions) message.Middleware { return NewBreaker(opts).Middleware() }
+// CircuitBreaker returns middleware that gives each handler it wraps a new
+// Breaker made with opts: used as router-level middleware, every route
+// gets its own breaker, so a failing downstream of one route does not stop
+// the others. To share one breaker among routes, or to add its Check to
+// the router's health, use NewBreaker(opts).Middleware() instead.
+func CircuitBreaker(opts BreakerOptions) message.Middleware {
+	return func(next message.Handler) message.Handler { return NewBreaker(opts).Middleware()(next) }
+}
 
 // BreakerOpenError is the error for a message refused by an open or
 // half-open breaker. It matches ErrBreakerOpen, and carries a redelivery
@@ -163,7 +173,7 @@ func (b *Breaker) classify(ctx context.Context, err error) error {
 	case ctx.Err() != nil, message.IsPermanent(err), deferred(err):
 		return errExcluded
 	case b.isFailure != nil && !b.isFailure(err):
-		return nil
+		return errExcluded
 	}
 	return errFailure
 }

@@ -40,6 +40,10 @@ type IdempotencyOptions struct {
 	// fails on Claim. Default false: the message is nacked (the store
 	// error is returned) and comes back later.
 	FailOpen bool
+	// StoreTimeout bounds Done and Release, which ignore the handler's
+	// cancellation (so they land during shutdown) but must not hang on an
+	// unreachable store. Default 10s. (The MemoryStore never waits.)
+	StoreTimeout time.Duration
 	// Logger gets store failures that do not fail the message (Done or
 	// Release failing). Default nil: discards.
 	Logger *slog.Logger
@@ -64,8 +68,8 @@ type IdempotencyOptions struct {
 //     redelivery runs the handler again; a crash leaves the claim to
 //     expire after ClaimTTL.
 //
-// Done and Release use context.WithoutCancel, so they land during
-// shutdown. When Done fails the message is still acked (the handler's
+// Done and Release use context.WithoutCancel, bounded by StoreTimeout, so
+// they land during shutdown. When Done fails the message is still acked (the handler's
 // effects exist) and the failure logged: a later duplicate may then run
 // again. A handler's effects and the Done mark are not one transaction;
 // for exactly-once effects in a database, use the outbox package's inbox,
@@ -85,6 +89,9 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 	if o.InProgressDelay <= 0 {
 		o.InProgressDelay = 5 * time.Second
 	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 10 * time.Second
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -99,7 +106,7 @@ func Idempotency(store IdempotencyStore, opts IdempotencyOptions) message.Middle
 			if key == "" {
 				return next.Handle(ctx, m)
 			}
-			c := claimCall{store: store, mem: mem, scope: scopeOf(ctx, o.Scope), key: key}
+			c := claimCall{store: store, mem: mem, scope: scopeOf(ctx, o.Scope), key: key, timeout: o.StoreTimeout}
 			state, cerr := c.claim(ctx, o.ClaimTTL)
 			if cerr != nil {
 				if o.FailOpen && ctx.Err() == nil {
@@ -162,6 +169,7 @@ type claimCall struct {
 	token      string
 	hk         memKey
 	tok        uint64
+	timeout    time.Duration // of Done and Release
 }
 
 // scoped is the stored key (scope + "/" + key, or key without a scope).
@@ -184,19 +192,24 @@ func (c *claimCall) claim(ctx context.Context, ttl time.Duration) (ClaimState, e
 	return c.store.Claim(ctx, c.scoped(), c.token, ttl)
 }
 
-// done and release land during shutdown (context.WithoutCancel).
+// done and release land during shutdown (context.WithoutCancel), within
+// c.timeout.
 func (c *claimCall) done(ctx context.Context, retention time.Duration) error {
 	if c.mem != nil {
 		return c.mem.done(c.hk, retention)
 	}
-	return c.store.Done(context.WithoutCancel(ctx), c.skey, c.token, retention)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+	defer cancel()
+	return c.store.Done(ctx, c.skey, c.token, retention)
 }
 
 func (c *claimCall) release(ctx context.Context) error {
 	if c.mem != nil {
 		return c.mem.release(c.hk, c.tok)
 	}
-	return c.store.Release(context.WithoutCancel(ctx), c.skey, c.token)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+	defer cancel()
+	return c.store.Release(ctx, c.skey, c.token)
 }
 
 // InProgressError is the error for a message whose key another delivery

@@ -28,7 +28,7 @@ var (
 // failed": they are not retried in-process, not counted towards
 // dead-lettering, and do not trip a breaker.
 func deferred(err error) bool {
-	return errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrInProgress)
+	return errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrInProgress) || errors.Is(err, ErrDraining)
 }
 
 // draining returns the router's draining channel, or nil outside a Router.

@@ -18,10 +18,14 @@ type LoggingOptions struct {
 	// set slog.LevelDebug for busy routes.
 	SuccessLevel slog.Level
 	// FailureLevel is the level for a message nacked for redelivery or
-	// refused (breaker open, in progress). Default slog.LevelWarn.
+	// refused (breaker open, in progress). Default slog.LevelWarn. The
+	// zero value means the default, so it cannot be slog.LevelInfo (0):
+	// use slog.LevelInfo+1 for an Info-like level, or filter in the
+	// handler.
 	FailureLevel slog.Level
 	// DeadLetterLevel is the level for a message dead-lettered or failed
-	// permanently. Default slog.LevelError.
+	// permanently. Default slog.LevelError (as with FailureLevel, zero
+	// means the default).
 	DeadLetterLevel slog.Level
 }
 

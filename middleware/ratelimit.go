@@ -2,6 +2,9 @@ package middleware
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -28,6 +31,9 @@ type RateLimitOptions struct {
 // attempt (what protects a downstream); outside, every delivery. A wait
 // that cannot finish before ctx ends returns ctx's error at once (the
 // message is nacked); waiting holds the message and a concurrency slot.
+// When the Router begins to drain (Shutdown), waiting messages stop
+// waiting, give their tokens back and are nacked with ErrDraining, so a
+// low rate does not hold the shutdown up.
 func RateLimit(opts RateLimitOptions) message.Middleware {
 	lim := opts.Limiter
 	unlimited := false
@@ -55,14 +61,60 @@ func RateLimit(opts RateLimitOptions) message.Middleware {
 				return err
 			}
 			if !unlimited && !lim.Allow() {
-				if err := lim.Wait(ctx); err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
+				if err := wait(ctx, lim); err != nil {
 					return err
 				}
 			}
 			return next.Handle(ctx, m)
 		})
+	}
+}
+
+// ErrDraining is the error of a message that RateLimit stopped waiting
+// for because the Router began to drain: it is nacked and redelivered
+// later.
+var ErrDraining = errors.New("middleware: router draining; message handed back")
+
+// wait is lim.Wait(ctx) that also ends when the Router drains.
+func wait(ctx context.Context, lim *rate.Limiter) error {
+	drain := draining(ctx)
+	if drain == nil {
+		if err := lim.Wait(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		return nil
+	}
+	select {
+	case <-drain:
+		return ErrDraining
+	default:
+	}
+	now := time.Now()
+	r := lim.ReserveN(now, 1)
+	if !r.OK() {
+		return fmt.Errorf("middleware: rate limit: a burst of %d cannot give a token", lim.Burst())
+	}
+	d := r.DelayFrom(now)
+	if d <= 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < d {
+		r.CancelAt(now)
+		return fmt.Errorf("middleware: rate limit: waiting %v would pass the context's deadline", d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	case <-drain:
+		r.Cancel()
+		return ErrDraining
 	}
 }

@@ -17,7 +17,10 @@ const (
 	// (message.RetryAfter) when the transport declares
 	// Capabilities.DelayedNack, and otherwise holds the message
 	// (RedeliveryHold). Outside a Router, where the transport is not
-	// known, it holds.
+	// known, it holds: with the default MaxDelay (5m) a hold can outlast
+	// a transport's AckWait (30s by default), after which the broker
+	// redelivers the held message elsewhere; outside a Router set
+	// RedeliveryNack, or MaxDelay below AckWait.
 	RedeliveryAuto RedeliveryMode = iota
 	// RedeliveryNack always returns the error wrapped in
 	// message.RetryAfter; a transport that cannot delay redelivers at

@@ -17,8 +17,11 @@ type StackOptions struct {
 	// Store, when set, adds Idempotency with it.
 	Store       IdempotencyStore
 	Idempotency IdempotencyOptions
-	// Breaker, when set, is used (shared, health-checked); otherwise a
-	// new breaker is made from BreakerOptions for each Recommended call.
+	// Breaker, when set, is used by every handler the stack wraps (shared
+	// among routes, its Check added to the router's health by you);
+	// otherwise each handler the stack wraps — each route, when the stack
+	// is router-level middleware — gets its own breaker made from
+	// BreakerOptions (CircuitBreaker).
 	Breaker        *Breaker
 	BreakerOptions BreakerOptions
 	Retry          RetryOptions
@@ -59,6 +62,16 @@ type StackOptions struct {
 // recovers panics in middleware, nacks with the delay Redelivery set, and
 // would dead-letter on its own only what reaches it Permanent (nothing,
 // with DeadLetter in the stack).
+//
+// State: one Recommended call's middleware keep state that every route
+// they wrap shares — Redelivery's and DeadLetter's per-message counts
+// (keyed by consumer group and message ID), the idempotency store, the
+// rate limiter (a shared budget), StackOptions.Breaker when set — while
+// the breaker made from BreakerOptions is per route. Used as router-level
+// middleware the stack also wraps a route that consumes a dead-letter
+// topic, whose own failures would then be dead-lettered to
+// "<topic>.dlq.dlq": give such a route route-level middleware and add the
+// stack per route where routes must not share anything.
 func Recommended(o StackOptions) []message.Middleware {
 	mw := []message.Middleware{CorrelationID(o.Correlation)}
 	if o.Logging != nil {
@@ -68,9 +81,11 @@ func Recommended(o StackOptions) []message.Middleware {
 	if o.Store != nil {
 		mw = append(mw, Idempotency(o.Store, o.Idempotency))
 	}
-	b := o.Breaker
-	if b == nil {
-		b = NewBreaker(o.BreakerOptions)
+	var breaker message.Middleware
+	if o.Breaker != nil {
+		breaker = o.Breaker.Middleware()
+	} else {
+		breaker = CircuitBreaker(o.BreakerOptions)
 	}
 	if o.RateLimit == nil {
 		// Nothing between Retry and Timeout: let Retry's per-attempt
@@ -82,7 +97,7 @@ func Recommended(o StackOptions) []message.Middleware {
 				r.AttemptTimeout = defaultTimeout
 			}
 		}
-		return append(mw, b.Middleware(), Retry(r), Recover(o.Recover))
+		return append(mw, breaker, Retry(r), Recover(o.Recover))
 	}
-	return append(mw, b.Middleware(), Retry(o.Retry), RateLimit(*o.RateLimit), Timeout(o.Timeout), Recover(o.Recover))
+	return append(mw, breaker, Retry(o.Retry), RateLimit(*o.RateLimit), Timeout(o.Timeout), Recover(o.Recover))
 }
