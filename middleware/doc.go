@@ -57,11 +57,19 @@
 //     transport applies it where it declares Capabilities.DelayedNack.
 //     Where it does not, Redelivery holds the message in process for the
 //     delay, then lets it be nacked (RedeliveryMode).
-//   - Messages refused by the breaker (ErrBreakerOpen) or held by another
-//     delivery (ErrInProgress) are nacked with a delay and never
-//     dead-lettered by DeadLetter; the transport's own MaxAttempts,
+//   - Messages refused by the breaker (ErrBreakerOpen), held by another
+//     delivery (ErrInProgress) or handed back during a drain
+//     (ErrDraining) are nacked with a delay and never dead-lettered by
+//     DeadLetter, which also subtracts such refusals from a counting
+//     transport's Message.Attempt. The transport's own MaxAttempts,
 //     however, counts those deliveries too: leave it at 0 when
-//     DeadLetter is in the stack.
+//     DeadLetter is in the stack. A delivery whose context ended (a hard
+//     stop) is neither counted nor dead-lettered: it goes back to the
+//     broker.
+//   - State shared across routes: one Recommended call's middleware,
+//     used as router-level middleware, share their per-message counts,
+//     store and rate limiter among the routes; the breaker is per route
+//     unless StackOptions.Breaker (or NewBreaker's Middleware) shares one.
 //   - Recover makes panics errors with a stack; the Dispatcher's and the
 //     router's recovery remain the safety net for panics in middleware.
 //
@@ -86,16 +94,18 @@
 //
 // # Time, contexts and shutdown
 //
-// Every wait (Retry's backoff, Redelivery's hold) ends early when the
-// delivery's context ends or the Router drains, returning the last error
-// so the message is nacked and redelivered later. Store updates and
-// dead-letter publishes after the handler use context.WithoutCancel, so
-// they land during shutdown. Tests drive all timing with testing/synctest.
+// Every wait (Retry's backoff, Redelivery's hold, RateLimit's token) ends
+// early when the delivery's context ends or the Router drains, returning
+// an error so the message is nacked and redelivered later. Store updates
+// and dead-letter publishes after the handler use context.WithoutCancel,
+// so they land during shutdown, bounded by IdempotencyOptions.StoreTimeout
+// (10s) and DeadLetterOptions.PublishTimeout (30s). Tests drive all timing
+// with testing/synctest.
 //
 // # Errors
 //
-// Sentinels (ErrBreakerOpen, ErrInProgress, ErrTimeout, ErrInvalid,
-// ErrNoPublisher, ErrStoreClosed) are matched with errors.Is by the typed
+// Sentinels (ErrBreakerOpen, ErrInProgress, ErrDraining, ErrTimeout,
+// ErrInvalid, ErrNoPublisher, ErrStoreClosed) are matched with errors.Is by the typed
 // errors carrying details (BreakerOpenError, InProgressError,
 // TimeoutError, ValidationError, DeadLetterError, PanicError). The
 // handler's own error always stays reachable with errors.Is/As, and
