@@ -1,7 +1,10 @@
 // Package storetest is a test suite for middleware.IdempotencyStore
 // implementations: every store (in-memory, Redis, PostgreSQL) runs the
 // same cases, so the Idempotency middleware can rely on the semantics
-// documented on the interface.
+// documented on the interface. The last cases run the store under the
+// Idempotency middleware itself: concurrent deliveries of one message run
+// the handler once, a failure or panic releases the claim, and a
+// processed message is skipped.
 //
 //	func TestStore(t *testing.T) {
 //		storetest.Run(t, storetest.Harness{
@@ -51,10 +54,7 @@ func Run(t *testing.T, h Harness) {
 		h.ShortTTL = 150 * time.Millisecond
 	}
 	s := &suite{h: h}
-	for _, c := range []struct {
-		name, what string
-		f          func(*testing.T)
-	}{
+	cases := []suiteCase{
 		{"ClaimFree", "a free key is claimed; another token then finds it in progress; the holder claims again", s.claimFree},
 		{"DoneIsProcessed", "after Done every token finds the key processed", s.doneProcessed},
 		{"DoneByOtherToken", "Done marks the key processed whoever holds the claim", s.doneOtherToken},
@@ -68,7 +68,9 @@ func Run(t *testing.T, h Harness) {
 		{"ConcurrentClaims", "of many concurrent claims of one free key exactly one wins", s.concurrentClaims},
 		{"KeysIndependent", "keys are independent and opaque: long keys and unusual characters work", s.keysIndependent},
 		{"CancelledContext", "a cancelled context returns its error", s.cancelled},
-	} {
+	}
+	cases = append(cases, s.middlewareCases()...)
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Log(c.what)
 			if h.Run != nil {
