@@ -308,6 +308,43 @@ func TestMoreRunUntilSignalGraceRunsOut(t *testing.T) {
 	})
 }
 
+// A handler that ignores its context cannot keep RunUntilSignal (and so
+// the process) from returning once the grace ran out: it waits 5s more for
+// the cancelled handlers, then returns context.DeadlineExceeded; the
+// message stays in flight until the process exits (then the broker
+// redelivers it).
+func TestMoreRunUntilSignalStuckHandler(t *testing.T) {
+	signalOutsideBubble(t)
+	synctest.Test(t, func(t *testing.T) {
+		mem := newMem(t)
+		declare(t, mem, "jobs", "w")
+		r := router.New(mem, router.Options{})
+		started, release := make(chan struct{}), make(chan struct{})
+		_ = r.Handle("jobs", "w", message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			close(started)
+			<-release // ignores ctx
+			return nil
+		}))
+		ctx, stop := context.WithCancel(t.Context())
+		defer stop()
+		done := make(chan error, 1)
+		go func() { done <- r.RunUntilSignal(ctx, 7*time.Second, syscall.SIGUSR2) }()
+		publish(t, mem, "jobs", message.New(nil))
+		<-started
+		start := time.Now()
+		stop()
+		if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("RunUntilSignal = %v, want context.DeadlineExceeded", err)
+		}
+		if took := time.Since(start); took != 12*time.Second {
+			t.Fatalf("returned %v after ctx ended, want the 7s grace plus 5s", took)
+		}
+		close(release) // let the bubble's goroutines end
+		synctest.Wait()
+		_ = mem.Close()
+	})
+}
+
 // signalOutsideBubble subscribes to SIGUSR2 for the test's duration, from
 // outside any synctest bubble: the os/signal machinery (its goroutines and
 // channels, started by the process's first Notify of a signal) must not
@@ -411,13 +448,11 @@ func TestMoreRunUntilSignalSecondSignalStopsHard(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		// The shutdown completed (Close cancelled the handler, which
-		// returned): not the grace's DeadlineExceeded.
-		if errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("RunUntilSignal = %v: the second signal must not wait for the grace", err)
-		}
-		if err != nil {
-			t.Fatalf("RunUntilSignal = %v, want nil (Run ended with ErrClosed)", err)
+		// Close cancelled the handler, which returned: ErrHardStop, not
+		// the grace's DeadlineExceeded, and not nil (the message was
+		// interrupted, not drained).
+		if !errors.Is(err, router.ErrHardStop) {
+			t.Fatalf("RunUntilSignal = %v, want router.ErrHardStop", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no hard stop 10s after the second signal (grace is 1h)")
