@@ -25,18 +25,11 @@ func (t *Transport) subscribeCore(ctx context.Context, topic string, h message.H
 	rctx, cancel := t.runContext(ctx)
 	defer cancel()
 	cb := func(msg *nats.Msg) {
-		m, err := decode(topic, msg.Header, msg.Data)
+		m, err := coreMessage(topic, msg)
 		if err != nil {
 			t.log.Error("natstransport: undecodable message dropped", "topic", topic, "error", err)
 			return
 		}
-		m.SetAs(func(target any) bool {
-			if p, ok := target.(**nats.Msg); ok {
-				*p = msg
-				return true
-			}
-			return false
-		})
 		if rctx.Err() != nil {
 			t.log.Debug("natstransport: message dropped: subscription stopping", "topic", topic, "message_id", m.ID)
 			return
@@ -77,6 +70,29 @@ func (t *Transport) subscribeCore(ctx context.Context, topic string, h message.H
 	_ = sub.Unsubscribe()
 	t.stopDispatcher(ctx, d)
 	return t.endErr(ctx)
+}
+
+// coreMessage decodes a core NATS message; its As reaches msg.
+func coreMessage(topic string, msg *nats.Msg) (*message.Message, error) {
+	m, err := decode(topic, msg.Header, msg.Data)
+	if err != nil {
+		return nil, err
+	}
+	m.SetNative((*coreMsg)(msg))
+	return m, nil
+}
+
+// coreMsg is a received *nats.Msg as Message.As's target. It is the same
+// pointer converted, so attaching it allocates nothing.
+type coreMsg nats.Msg
+
+// As sets a **nats.Msg.
+func (n *coreMsg) As(target any) bool {
+	if p, ok := target.(**nats.Msg); ok {
+		*p = (*nats.Msg)(n)
+		return true
+	}
+	return false
 }
 
 // coreAcker settles a core NATS message: there is nothing to ack, and a

@@ -461,14 +461,7 @@ func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
 		s.d.Reject(m, a, derr)
 		return delivery{}, false
 	}
-	m.SetAs(func(target any) bool {
-		switch p := target.(type) {
-		case *jetstream.Msg:
-			*p = msg
-			return true
-		}
-		return false
-	})
+	m.SetNative(a) // a's As: no closure to allocate
 	a.touched.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	s.inflight[a] = struct{}{}
@@ -537,6 +530,15 @@ type jsAcker struct {
 }
 
 var _ transport.Terminator = (*jsAcker)(nil)
+
+// As is Message.As for the message a carries: *jetstream.Msg.
+func (a *jsAcker) As(target any) bool {
+	if p, ok := target.(*jetstream.Msg); ok {
+		*p = a.msg
+		return true
+	}
+	return false
+}
 
 func (a *jsAcker) done() {
 	a.settled.Store(true)
