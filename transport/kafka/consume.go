@@ -610,7 +610,7 @@ func (d *delivery) fill() {
 		// A record from another producer: a stable ID from its position.
 		m.ID = cm.Topic + "-" + strconv.Itoa(int(cm.Partition)) + "-" + strconv.FormatInt(cm.Offset, 10)
 	}
-	m.SetAs(d.as)
+	m.SetNative(d) // d's As: no closure to allocate
 }
 
 // message is the Message to hand to the handler: the built-in one the
@@ -631,8 +631,8 @@ func (d *delivery) message() *message.Message {
 	return &m
 }
 
-// as is Message.As for d's record.
-func (d *delivery) as(target any) bool {
+// As is Message.As for d's record (message.Native).
+func (d *delivery) As(target any) bool {
 	switch p := target.(type) {
 	case **sarama.ConsumerMessage:
 		*p = d.cm
