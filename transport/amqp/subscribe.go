@@ -366,15 +366,8 @@ func (s *subscription) consume(ctx context.Context, ch *consumerChan, dl <-chan 
 			if !ok {
 				return ctx.Err() == nil
 			}
-			m := s.toMessage(dv, ch.ch)
-			a := &acker{s: s, ch: ch, dv: dv, queue: queue, attempt: m.Attempt}
-			var err error
-			if s.t.o.DeadLetterExchange != "" && s.opts.Group != "" {
-				err = s.d.Deliver(ctx, m, &termAcker{a})
-			} else {
-				err = s.d.Deliver(ctx, m, a)
-			}
-			if err != nil {
+			m, a := s.receive(dv, ch, queue)
+			if err := s.d.Deliver(ctx, m, a); err != nil {
 				// Not taken: it stays unacked and returns to the queue
 				// when the channel closes.
 				return false
@@ -383,8 +376,20 @@ func (s *subscription) consume(ctx context.Context, ch *consumerChan, dl <-chan 
 	}
 }
 
+// receive builds the Message and the Acker for a delivery on ch. The
+// acker is the Message's As target (no closure to allocate).
+func (s *subscription) receive(dv amqp.Delivery, ch *consumerChan, queue string) (*message.Message, transport.Acker) {
+	m := s.toMessage(dv)
+	a := &acker{s: s, ch: ch, dv: dv, queue: queue, attempt: m.Attempt}
+	m.SetNative(a)
+	if s.t.o.DeadLetterExchange != "" && s.opts.Group != "" {
+		return m, &termAcker{a}
+	}
+	return m, a
+}
+
 // toMessage maps a delivery back onto a Message (see toPublishing).
-func (s *subscription) toMessage(dv amqp.Delivery, ch *amqp.Channel) *message.Message {
+func (s *subscription) toMessage(dv amqp.Delivery) *message.Message {
 	m := &message.Message{ID: dv.MessageId, Topic: s.topic, Payload: dv.Body}
 	var h message.Header
 	set := func(k, v string) {
@@ -427,17 +432,6 @@ func (s *subscription) toMessage(dv amqp.Delivery, ch *amqp.Channel) *message.Me
 	if !dv.Timestamp.IsZero() {
 		m.Time = dv.Timestamp
 	}
-	m.SetAs(func(target any) bool {
-		switch p := target.(type) {
-		case *amqp.Delivery:
-			*p = dv
-			return true
-		case **amqp.Channel:
-			*p = ch
-			return true
-		}
-		return false
-	})
 	return m
 }
 
@@ -485,6 +479,20 @@ type acker struct {
 	dv      amqp.Delivery
 	queue   string
 	attempt int
+}
+
+// As is Message.As for a's delivery: *amqp.Delivery (as received) and
+// **amqp.Channel (the channel it arrived on).
+func (a *acker) As(target any) bool {
+	switch p := target.(type) {
+	case *amqp.Delivery:
+		*p = a.dv
+		return true
+	case **amqp.Channel:
+		*p = a.ch.ch
+		return true
+	}
+	return false
 }
 
 func (a *acker) Ack(context.Context) error {
