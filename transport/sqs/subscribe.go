@@ -305,8 +305,7 @@ func (s *sub) receive(ctx context.Context) error {
 			t.o.Logger.Debug("sqstransport: received", "queue", s.queue, "count", got, "asked", n)
 		}
 		for i := range out.Messages {
-			inf := &inflight{sm: out.Messages[i], deadline: sent.Add(time.Duration(s.vis) * time.Second)}
-			inf.m = s.toMessage(&inf.sm)
+			inf := s.received(out.Messages[i], sent.Add(time.Duration(s.vis)*time.Second))
 			s.mu.Lock()
 			s.inflight[inf] = struct{}{}
 			s.mu.Unlock()
@@ -355,6 +354,16 @@ func (s *sub) acquire(ctx context.Context) (int, bool) {
 	return n, true
 }
 
+// received wraps a received message, visible to others again at
+// deadline, with its Message. inf is the Message's As target (no closure
+// to allocate).
+func (s *sub) received(sm sqstypes.Message, deadline time.Time) *inflight {
+	inf := &inflight{sm: sm, deadline: deadline}
+	inf.m = s.toMessage(&inf.sm)
+	inf.m.SetNative(inf)
+	return inf
+}
+
 func (s *sub) toMessage(sm *sqstypes.Message) *message.Message {
 	m, err := decode(sm)
 	if err != nil {
@@ -371,18 +380,20 @@ func (s *sub) toMessage(sm *sqstypes.Message) *message.Message {
 	m.Topic = s.topic
 	m.Attempt = receiveCount(sm)
 	m.Time = receivedAt(sm)
-	m.SetAs(func(target any) bool {
-		switch p := target.(type) {
-		case *sqstypes.Message:
-			*p = *sm
-		case **sqstypes.Message:
-			*p = sm
-		default:
-			return false
-		}
-		return true
-	})
 	return m
+}
+
+// As is Message.As for inf's message: *types.Message and **types.Message.
+func (inf *inflight) As(target any) bool {
+	switch p := target.(type) {
+	case *sqstypes.Message:
+		*p = inf.sm
+	case **sqstypes.Message:
+		*p = &inf.sm
+	default:
+		return false
+	}
+	return true
 }
 
 // finish marks inf settled and frees its in-flight slot. It reports false
