@@ -183,8 +183,7 @@ func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher,
 			return
 		}
 	}
-	m := toMessage(pm, topic, sub)
-	a := &acker{pm: pm, settled: make(chan struct{})}
+	m, a := receive(pm, topic, sub)
 	err := d.Deliver(cctx, m, a)
 	if err == nil {
 		<-a.settled
@@ -210,7 +209,16 @@ func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher,
 	}
 }
 
-func toMessage(pm *pubsub.Message, topic string, sub *pubsub.Subscriber) *message.Message {
+// receive builds the Message and the acker for pm, which sub received.
+// The acker is the Message's As target (no closure to allocate).
+func receive(pm *pubsub.Message, topic string, sub *pubsub.Subscriber) (*message.Message, *acker) {
+	m := toMessage(pm, topic)
+	a := &acker{pm: pm, sub: sub, settled: make(chan struct{})}
+	m.SetNative(a)
+	return m, a
+}
+
+func toMessage(pm *pubsub.Message, topic string) *message.Message {
 	m := &message.Message{
 		ID:      pm.Attributes[idAttr],
 		Key:     pm.OrderingKey,
@@ -232,25 +240,29 @@ func toMessage(pm *pubsub.Message, topic string, sub *pubsub.Subscriber) *messag
 	if pm.DeliveryAttempt != nil {
 		m.Attempt = *pm.DeliveryAttempt
 	}
-	m.SetAs(func(target any) bool {
-		switch p := target.(type) {
-		case **pubsub.Message:
-			*p = pm
-		case **pubsub.Subscriber:
-			*p = sub
-		default:
-			return false
-		}
-		return true
-	})
 	return m
 }
 
 // acker settles one message for the Dispatcher.
 type acker struct {
 	pm      *pubsub.Message
+	sub     *pubsub.Subscriber // that received pm, for As
 	settled chan struct{}
 	delay   time.Duration
+}
+
+// As is Message.As for a's message: *(*pubsub.Message) and
+// *(*pubsub.Subscriber).
+func (a *acker) As(target any) bool {
+	switch p := target.(type) {
+	case **pubsub.Message:
+		*p = a.pm
+	case **pubsub.Subscriber:
+		*p = a.sub
+	default:
+		return false
+	}
+	return true
 }
 
 func (a *acker) Ack(ctx context.Context) error {
