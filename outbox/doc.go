@@ -66,8 +66,13 @@
 // # Schema
 //
 // CreateSchema creates the tables (idempotent, safe to run from every
-// instance at start); SchemaSQL returns the same statements for migration
-// tools. With the default names and 64 partitions they are:
+// instance at start with the same SchemaOptions); SchemaSQL returns the
+// same statements for migration tools. The partition count is fixed when
+// the tables are created: CreateSchema with SchemaOptions.Partitions set
+// to another count than the existing tables have changes nothing and
+// returns ErrPartitionCount (Partitions 0 accepts any existing count), and
+// SchemaSQL's statements fill the partition table only when it is empty.
+// With the default names and 64 partitions they are:
 //
 //	CREATE TABLE IF NOT EXISTS "courier_outbox" (
 //	    seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -94,7 +99,8 @@
 //	CREATE TABLE IF NOT EXISTS "courier_outbox_partitions" (
 //	    part integer PRIMARY KEY
 //	);
-//	INSERT INTO "courier_outbox_partitions" (part) SELECT generate_series(0, 64 - 1) ON CONFLICT DO NOTHING;
+//	INSERT INTO "courier_outbox_partitions" (part) SELECT generate_series(0, 64 - 1)
+//	    WHERE NOT EXISTS (SELECT 1 FROM "courier_outbox_partitions") ON CONFLICT DO NOTHING;
 //
 //	CREATE TABLE IF NOT EXISTS "courier_inbox" (
 //	    key        text        PRIMARY KEY,
@@ -231,7 +237,9 @@
 //
 // # Errors
 //
-// ErrInvalidTableName (bad Tables), ErrRelayClosed (Run after Shutdown or
+// ErrInvalidTableName (bad Tables), ErrPartitionCount (CreateSchema asked
+// for another partition count than the existing tables have),
+// ErrRelayClosed (Run after Shutdown or
 // Close), ErrPublisherClosed (a closed TxPublisher; it matches
 // transport.ErrClosed), ErrInProgress (Mark of a key another delivery has
 // claimed), middleware.ErrStoreClosed (an Inbox used after Close), the
@@ -254,7 +262,16 @@
 // PostgreSQL only. The relay keeps its transaction open while it
 // publishes a batch (PublishTimeout bounds each Publish), holding those
 // partitions: keep batches small enough to publish within seconds. The
-// number of partitions is fixed when the tables are created. NOTIFY takes
+// number of partitions is fixed when the tables are created; to change
+// it, stop every relay, rewrite the partition table (rows 0 to n-1), and
+// start them again. A relay counts the partitions when it connects and
+// checks in each claim that the table still ends at that count; when it
+// changed, it logs an error, counts again and claims by the new count
+// from the next batch on. The batch in flight while the table changed
+// was claimed by the old count: a relay claiming by the new count can
+// publish some of the same keys concurrently, hence duplicates and
+// broken per-key order for that moment — which is why the relays must be
+// stopped. NOTIFY takes
 // a database-wide lock at commit: at thousands of commits per second,
 // consider NoNotify with a short PollInterval. A long business
 // transaction holds its keys' locks until it ends, and other writers of

@@ -21,6 +21,10 @@ var (
 	ErrRelayClosed = errors.New("outbox: relay closed")
 	// ErrPublisherClosed is returned by a TxPublisher used after Close.
 	ErrPublisherClosed = fmt.Errorf("outbox: publisher closed: %w", transport.ErrClosed)
+	// ErrPartitionCount is returned by CreateSchema when the tables exist
+	// with another number of partitions than SchemaOptions.Partitions
+	// asks for: the count is fixed when the tables are created.
+	ErrPartitionCount = errors.New("outbox: the outbox tables exist with another partition count")
 )
 
 // Options configure an Outbox, the writing side.

@@ -408,10 +408,15 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) error {
 			parts = 0
 		}
 		if parts == 0 {
-			var p int64
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+r.n.parts).Scan(&p); err != nil || p == 0 {
-				if err == nil {
+			var p, lo, hi int64
+			err := conn.QueryRow(ctx, "SELECT count(*), coalesce(min(part), 0), coalesce(max(part), -1) FROM "+r.n.parts).Scan(&p, &lo, &hi)
+			if err != nil || p == 0 || lo != 0 || hi != p-1 {
+				switch {
+				case err != nil:
+				case p == 0:
 					err = fmt.Errorf("partition table %s is empty: run CreateSchema", r.n.parts)
+				default:
+					err = fmt.Errorf("partition table %s must hold the partitions 0 to n-1, it has %d rows from %d to %d", r.n.parts, p, lo, hi)
 				}
 				r.reportErr(fmt.Errorf("outbox: relay: %w", err))
 				if !r.sleep(ctx, errDelay, nil) {
@@ -446,6 +451,12 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) error {
 				}
 				return ctx.Err()
 			}
+			if errors.Is(err, errPartitionsChanged) {
+				// Count them again before the next claim.
+				r.reportErr(fmt.Errorf("outbox: relay: %w", err))
+				parts = 0
+				continue
+			}
 			r.reportErr(fmt.Errorf("outbox: relay batch: %w", err))
 			if conn.IsClosed() {
 				_ = conn.Close(context.Background())
@@ -467,6 +478,10 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) error {
 		}
 	}
 }
+
+// errPartitionsChanged is batch's error when the partition table no
+// longer has the count the relay claims by.
+var errPartitionsChanged = errors.New("the partition table changed while the relay ran (its partition count is fixed: stop every relay to change it)")
 
 type row struct {
 	seq      int64
@@ -503,7 +518,10 @@ func (r *Relay) batch(ctx context.Context, conn *pgx.Conn, parts int) (n int, bu
 		maxParts = max(1, parts/4)
 	}
 	// Claim the partitions of the oldest pending rows that no other relay
-	// holds.
+	// holds. The claim is made only while the partition table still ends
+	// at parts-1 (an index lookup): a relay using a stale count would
+	// lock other partitions for a key than a relay using the new one, and
+	// both would publish it.
 	claimQ := fmt.Sprintf(`SELECT p.part FROM %[2]s p
 JOIN (SELECT s.key_hash %% $1 AS part, min(s.seq) AS first
       FROM (SELECT key_hash, seq FROM %[1]s o
@@ -514,6 +532,7 @@ JOIN (SELECT s.key_hash %% $1 AS part, min(s.seq) AS first
           AND b.published_at IS NULL AND b.dead_at IS NULL AND b.available_at > now()))
             ORDER BY seq LIMIT $2) s
       GROUP BY 1) c ON c.part = p.part
+WHERE (SELECT max(part) FROM %[2]s) = $1 - 1
 ORDER BY c.first LIMIT $3
 FOR UPDATE OF p SKIP LOCKED`, r.n.outbox, r.n.parts)
 	rows, err := tx.Query(ctx, claimQ, parts, r.opts.BatchSize, maxParts)
@@ -526,7 +545,12 @@ FOR UPDATE OF p SKIP LOCKED`, r.n.outbox, r.n.parts)
 	}
 	if len(claimed) == 0 {
 		var waiting bool
-		err := tx.QueryRow(ctx, fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now())", r.n.outbox)).Scan(&waiting)
+		var last *int32
+		err := tx.QueryRow(ctx, fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()), (SELECT max(part) FROM %s)",
+			r.n.outbox, r.n.parts)).Scan(&waiting, &last)
+		if err == nil && (last == nil || int(*last) != parts-1) {
+			err = errPartitionsChanged
+		}
 		return 0, waiting, err
 	}
 	// A new statement, so a new snapshot: it sees every commit made by

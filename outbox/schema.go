@@ -92,14 +92,20 @@ type SchemaOptions struct {
 	// without a key), and one relay at a time holds a partition, which is
 	// how several relays keep per-key order. More partitions spread a
 	// backlog of many keys over more relays. It is fixed when the tables
-	// are created (it is the number of rows of the partition table); to
-	// change it, stop every relay and rewrite that table. Default: 64.
+	// are created (it is the number of rows of the partition table):
+	// CreateSchema on existing tables never changes it, and returns
+	// ErrPartitionCount when Partitions is set and differs (0 accepts the
+	// existing count). To change it, stop every relay and rewrite that
+	// table (its rows are 0 to Partitions-1). Default: 64 for new tables.
 	Partitions int
 }
 
 // SchemaSQL returns the SQL that creates the outbox and inbox tables, for
 // migration tools; CreateSchema runs the same statements. Every statement
-// is idempotent (IF NOT EXISTS, ON CONFLICT DO NOTHING).
+// is idempotent (IF NOT EXISTS, ON CONFLICT DO NOTHING), and the partition
+// rows are inserted only into an empty partition table, so running it
+// against existing tables never changes their partition count (it does not
+// check it either: CreateSchema does).
 func SchemaSQL(opts SchemaOptions) (string, error) {
 	n, err := opts.Tables.resolve()
 	if err != nil {
@@ -138,7 +144,8 @@ CREATE INDEX IF NOT EXISTS %[4]s ON %[1]s (published_at) WHERE published_at IS N
 CREATE TABLE IF NOT EXISTS %[5]s (
     part integer PRIMARY KEY
 );
-INSERT INTO %[5]s (part) SELECT generate_series(0, %[6]d - 1) ON CONFLICT DO NOTHING;
+INSERT INTO %[5]s (part) SELECT generate_series(0, %[6]d - 1)
+    WHERE NOT EXISTS (SELECT 1 FROM %[5]s) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS %[7]s (
     key        text        PRIMARY KEY,
@@ -164,6 +171,13 @@ func quoteIdent(s string) string {
 // them in one transaction, under an advisory lock so that several
 // processes starting at once do not race. db is a *sql.DB, *sql.Conn,
 // *pgx.Conn or *pgxpool.Pool, wrapped with SQL or Pgx.
+//
+// It never changes the partition count of existing tables: when they
+// exist with another count than a non-zero opts.Partitions, it changes
+// nothing and returns an error matching ErrPartitionCount. Refusing is
+// safer than going on with the old count in silence: the caller asked
+// for a layout it does not get, and a deploy that meant to change the
+// count fails at start instead of running as if it had.
 func CreateSchema(ctx context.Context, db DB, opts SchemaOptions) error {
 	stmts, err := SchemaSQL(opts)
 	if err != nil {
@@ -173,6 +187,22 @@ func CreateSchema(ctx context.Context, db DB, opts SchemaOptions) error {
 	return db.inTx(ctx, func(ctx context.Context, x DB) error {
 		if _, err := x.exec(ctx, "SELECT pg_advisory_xact_lock($1, 0)", n.lockClass); err != nil {
 			return err
+		}
+		if opts.Partitions > 0 {
+			var exists bool
+			var have int64
+			if _, err := x.queryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", []any{n.parts}, &exists); err != nil {
+				return fmt.Errorf("outbox: create schema: %w", err)
+			}
+			if exists {
+				if _, err := x.queryRow(ctx, "SELECT count(*) FROM "+n.parts, nil, &have); err != nil {
+					return fmt.Errorf("outbox: create schema: %w", err)
+				}
+			}
+			if have > 0 && have != int64(opts.Partitions) {
+				return fmt.Errorf("%w: %s has %d partitions, SchemaOptions.Partitions is %d (stop every relay and rewrite the table to change it)",
+					ErrPartitionCount, n.parts, have, opts.Partitions)
+			}
 		}
 		for _, s := range strings.Split(stmts, ";\n") {
 			if strings.TrimSpace(s) == "" {
