@@ -119,7 +119,18 @@
 // NewRelay(connString, pub, opts) and Run(ctx). The relay keeps two
 // connections of its own: one LISTENs on the table's channel (named after
 // the table: "courier_outbox", or "schema.courier_outbox"; a name over 63
-// bytes becomes "courier_outbox_" and its hash), one does the work. Each batch is one transaction:
+// bytes becomes "courier_outbox_" and its hash), one does the work. On
+// both it turns off idle_in_transaction_session_timeout, and from
+// PostgreSQL 14 idle_session_timeout and from 17 transaction_timeout,
+// whatever the server, role or connection string set: a batch's
+// transaction is idle while it publishes, and a session killed then,
+// after the messages went out and before the commit, would publish the
+// same batch again on every try, for ever. PublishTimeout bounds that
+// idle time instead. statement_timeout and lock_timeout are left as
+// configured, except for the statements that record a published batch
+// and its commit, which run without them (SET LOCAL): a timeout there
+// would also republish the batch; they wait for any row lock an operator
+// holds on the batch's rows instead. Each batch is one transaction:
 //
 //  1. Claim: lock the partitions of the oldest publishable rows with
 //     SELECT ... FROM courier_outbox_partitions ... FOR UPDATE SKIP LOCKED

@@ -134,7 +134,10 @@ type Relay struct {
 
 // NewRelay returns a relay that reads the outbox through connString (a
 // PostgreSQL URL or DSN, as pgx.ParseConfig takes) and publishes to pub.
-// It connects when Run starts. The relay does not close pub.
+// It connects when Run starts. The relay does not close pub. On its
+// connections it turns off idle_in_transaction_session_timeout,
+// idle_session_timeout and transaction_timeout (those the server has),
+// whatever connString says: see the package documentation.
 func NewRelay(connString string, pub transport.Publisher, opts RelayOptions) (*Relay, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
@@ -305,7 +308,10 @@ func (r *Relay) connect(ctx context.Context, what string) (*pgx.Conn, error) {
 	for {
 		c, err := pgx.ConnectConfig(ctx, r.cfg.Copy())
 		if err == nil {
-			return c, nil
+			if _, err = c.Exec(ctx, sessionSettings(c.PgConn().ParameterStatus("server_version"))); err == nil {
+				return c, nil
+			}
+			_ = c.Close(context.Background())
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -316,6 +322,34 @@ func (r *Relay) connect(ctx context.Context, what string) (*pgx.Conn, error) {
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// sessionSettings returns the SET statements the relay runs on each of its
+// connections, for a server whose server_version is version. A batch's
+// transaction is idle while it publishes, for up to PublishTimeout per
+// Publish call: a server or role default of
+// idle_in_transaction_session_timeout (or, from PostgreSQL 17,
+// transaction_timeout) shorter than that kills the session after the
+// messages went out and before the commit, so the batch is published again,
+// for ever. idle_session_timeout (PostgreSQL 14) would end the listening
+// connection, which is idle by design. The relay's own publish timeout
+// bounds the batch instead.
+func sessionSettings(version string) string {
+	major := 0
+	for _, c := range version {
+		if c < '0' || c > '9' {
+			break
+		}
+		major = major*10 + int(c-'0')
+	}
+	q := "SET idle_in_transaction_session_timeout = 0"
+	if major >= 14 {
+		q += "; SET idle_session_timeout = 0"
+	}
+	if major >= 17 {
+		q += "; SET transaction_timeout = 0"
+	}
+	return q
 }
 
 // secrets are the strings never to show in errors and logs.
@@ -611,7 +645,13 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 			stats.Dead++
 		}
 	}
+	// The messages went out: a lock_timeout or statement_timeout failing
+	// the statements that record it (waiting for a row lock, say) would
+	// roll the batch back and publish it again, over and over while the
+	// wait lasts. They run without either, set in the same round trip.
 	b := &pgx.Batch{}
+	b.Queue("SET LOCAL lock_timeout = 0")
+	b.Queue("SET LOCAL statement_timeout = 0")
 	if len(sentSeqs) > 0 {
 		if r.opts.Retention > 0 {
 			b.Queue(fmt.Sprintf("UPDATE %s SET published_at = now(), last_error = NULL WHERE seq = ANY($1)", r.n.outbox), sentSeqs)
@@ -627,7 +667,7 @@ WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.
 	for msg, seqs := range deads {
 		b.Queue(fmt.Sprintf("UPDATE %s SET attempts = attempts + 1, last_error = $2, dead_at = now() WHERE seq = ANY($1)", r.n.outbox), seqs, msg)
 	}
-	if b.Len() > 0 {
+	if b.Len() > 2 {
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return 0, false, err
 		}
