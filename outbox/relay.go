@@ -41,9 +41,10 @@ type RelayOptions struct {
 	// 30s.
 	PublishTimeout time.Duration
 	// RetryMin and RetryMax bound the delay before a row whose publish
-	// failed is tried again: RetryMin doubled per attempt, up to
-	// RetryMax, with jitter (a random 50–100% of it). Later rows of the
-	// same key wait behind it; other keys do not. Defaults: 500ms and 1m.
+	// failed is tried again, counted from the end of its batch's
+	// publishing: RetryMin doubled per attempt, up to RetryMax, with
+	// jitter (a random 50–100% of it). Later rows of the same key wait
+	// behind it; other keys do not. Defaults: 500ms and 1m.
 	RetryMin, RetryMax time.Duration
 	// MaxAttempts moves a row that failed this many publishes to the
 	// dead state (dead_at set, last_error kept) so its key moves on.
@@ -659,9 +660,12 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 			b.Queue(fmt.Sprintf("DELETE FROM %s WHERE seq = ANY($1)", r.n.outbox), sentSeqs)
 		}
 	}
+	// The retry delay counts from now, after the publishes, not from
+	// the transaction's start (now()): a publish slower than the delay
+	// would make the row due again at once.
 	for msg, seqs := range retries {
 		b.Queue(fmt.Sprintf(`UPDATE %s SET attempts = attempts + 1, last_error = $2,
-  available_at = now() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
+  available_at = clock_timestamp() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
 WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.RetryMax.Seconds())
 	}
 	for msg, seqs := range deads {
