@@ -144,7 +144,9 @@
 //     key's rows in sequence order even when a key moves between topics.
 //     When a call fails, its messages are tried again one at a time (not
 //     after a timeout, and at most three failing in a row), so one bad
-//     message or key does not hold back the others.
+//     message or key does not hold back the others. After three failures
+//     in a row the rest are not tried: they wait the retry delay without
+//     an attempt counted, so they are never made dead for it.
 //  4. Delete the published rows (or, with Retention, mark them), record
 //     failures, and commit, which releases the partitions.
 //

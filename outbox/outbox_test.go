@@ -857,8 +857,8 @@ func TestKeyLockOrdersWriters(t *testing.T) {
 
 // In the one-by-one fallback, undeliverable messages are made dead each on
 // its own error and the good ones of the same call go through; a transport
-// failing everything stops the fallback, and those rows are retried, never
-// made dead.
+// failing everything stops the fallback, and the rows it did not try are
+// retried later, without an attempt counted, never made dead.
 func TestFallbackClassifiesEachMessage(t *testing.T) {
 	e := newEnv(t, 1) // one partition: all rows in one batch
 	w := e.outbox(t, outbox.Options{})
@@ -893,7 +893,11 @@ func TestFallbackClassifiesEachMessage(t *testing.T) {
 	// Now the transport fails everything: 6 rows of 6 keys in one call.
 	f.set(func() { f.down = true })
 	e.writeRows(t, w, "t", 6, 6, 6)
-	waitFor(t, 10*time.Second, "failed attempts", func() bool { return e.count(t, "attempts = 1 AND dead_at IS NULL") == 6 })
+	waitFor(t, 10*time.Second, "failed attempts", func() bool { return e.count(t, "attempts = 1 AND dead_at IS NULL") == 3 })
+	// The 3 rows the fallback did not try wait too, without an attempt.
+	if n := e.count(t, "attempts = 0 AND dead_at IS NULL AND last_error IS NOT NULL AND available_at > now()"); n != 3 {
+		t.Fatalf("%d rows put off, want 3", n)
+	}
 	if n := e.count(t, "dead_at IS NOT NULL"); n != 4 {
 		t.Fatalf("%d dead rows, want the 4 oversized ones", n)
 	}

@@ -79,7 +79,9 @@ type Hooks struct {
 	// OnBatch is called after each batch committed.
 	OnBatch func(BatchStats)
 	// OnFailure is called when publishing n rows to topic failed; the rows
-	// will be retried (or were made dead, when dead is true).
+	// will be retried (or were made dead, when dead is true). Rows put off
+	// untried after three failures in a row are reported too, with dead
+	// false and an error saying they were not tried.
 	OnFailure func(topic string, n int, dead bool, err error)
 	// OnError is called when the relay's own database work failed (the
 	// batch was rolled back and will be tried again).
@@ -91,7 +93,7 @@ type Hooks struct {
 // BatchStats describe one committed batch.
 type BatchStats struct {
 	Published int           // rows published and marked (or deleted)
-	Failed    int           // rows whose publish failed and will be retried
+	Failed    int           // rows whose publish failed (or was put off) and will be retried
 	Dead      int           // rows made dead
 	Duration  time.Duration // claim to commit
 	// MaxAge is the longest time between a published row's commit in the
@@ -535,6 +537,7 @@ const (
 	sent
 	retry
 	dead
+	putOff // not tried: retried later, without an attempt
 )
 
 // batch claims partitions, publishes their oldest rows, marks them and
@@ -627,6 +630,7 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 	// Mark the outcome.
 	var sentSeqs []int64
 	retries := map[string][]int64{}
+	putOffs := map[string][]int64{}
 	deads := map[string][]int64{}
 	var stats BatchStats
 	now := time.Now()
@@ -639,6 +643,10 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 		case retry:
 			msg := errText(errs[i])
 			retries[msg] = append(retries[msg], w.seq)
+			stats.Failed++
+		case putOff:
+			msg := errText(errs[i])
+			putOffs[msg] = append(putOffs[msg], w.seq)
 			stats.Failed++
 		case dead:
 			msg := errText(errs[i])
@@ -665,6 +673,11 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 	// would make the row due again at once.
 	for msg, seqs := range retries {
 		b.Queue(fmt.Sprintf(`UPDATE %s SET attempts = attempts + 1, last_error = $2,
+  available_at = clock_timestamp() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
+WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.RetryMax.Seconds())
+	}
+	for msg, seqs := range putOffs { // the same delay, attempts unchanged
+		b.Queue(fmt.Sprintf(`UPDATE %s SET last_error = $2,
   available_at = clock_timestamp() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
 WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.RetryMax.Seconds())
 	}
@@ -826,10 +839,11 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		}
 		if transient >= 3 {
 			// The transport is failing everything: stop hammering it and
-			// retry the rest later. Their own errors are unknown, so they
-			// are retried, never made dead.
+			// retry the rest later. They were not tried, so they are put
+			// off (with the retry delay) without counting an attempt,
+			// and never made dead.
 			rest := fmt.Errorf("outbox: not tried after %d consecutive publish failures, the last: %v", transient, err)
-			r.fail(topic, batch, remaining(ok[j:], batch, blocked), rest, state, errs, blocked)
+			r.putOff(topic, batch, remaining(ok[j:], batch, blocked), rest, state, errs, blocked)
 			return
 		}
 		err = r.send(ctx, topic, msgs[j:j+1])
@@ -887,6 +901,26 @@ func (r *Relay) fail(topic string, batch []row, idx []int, err error, state []in
 		if r.opts.Hooks.OnFailure != nil {
 			r.opts.Hooks.OnFailure(topic, nRetry, false, err)
 		}
+	}
+}
+
+// putOff records rows idx as not tried: retried after the retry delay,
+// without counting an attempt; their keys are blocked for the rest of the
+// batch.
+func (r *Relay) putOff(topic string, batch []row, idx []int, err error, state []int, errs []error, blocked map[string]bool) {
+	if len(idx) == 0 {
+		return
+	}
+	for _, i := range idx {
+		state[i] = putOff
+		errs[i] = err
+		if k := batch[i].key; k != "" {
+			blocked[k] = true
+		}
+	}
+	r.log.Warn("outbox relay: publish put off, will retry", "topic", topic, "n", len(idx), "err", err)
+	if r.opts.Hooks.OnFailure != nil {
+		r.opts.Hooks.OnFailure(topic, len(idx), false, err)
 	}
 }
 
