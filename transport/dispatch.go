@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/courierkit/courier/message"
 )
@@ -156,8 +158,8 @@ func (d *Dispatcher) take(j job) {
 		// Adapters may call Deliver from several goroutines (receivers,
 		// client-library callbacks): the lock keeps Concurrency 1 true.
 		d.inline.Lock()
+		defer d.inline.Unlock() // a panicking Acker must not leave it held
 		d.run(j)
-		d.inline.Unlock()
 		return
 	}
 	d.mu.Lock()
@@ -175,10 +177,16 @@ func (d *Dispatcher) take(j job) {
 		return
 	case <-d.ctx.Done():
 		// Cancelled while every worker is busy: settle as a nack so the
-		// message is redelivered, keeping the one-settle-per-message rule.
-		d.settle(j, context.Canceled)
-		d.next(j)
-		return
+		// message is redelivered, keeping the one-settle-per-message rule,
+		// and so are the messages of its key that queued behind it
+		// meanwhile (nobody else will take them).
+		for {
+			d.settle(j, context.Canceled)
+			var ok bool
+			if j, ok = d.next(j); !ok {
+				return
+			}
+		}
 	}
 }
 
@@ -262,7 +270,7 @@ func (d *Dispatcher) settleOnly(j job, err error) {
 		if d.o.Settled != nil {
 			d.report(m, Settlement{Outcome: Acked, SettleErr: aerr})
 		}
-	case message.IsPermanent(err) || (d.o.MaxAttempts > 0 && m.Attempt >= d.o.MaxAttempts):
+	case message.IsPermanent(err) || (d.o.MaxAttempts > 0 && m.Attempt >= d.o.MaxAttempts && !d.stoppedHard(err)):
 		d.deadLetter(m, a, err)
 	default:
 		delay := d.o.NackDelay
@@ -277,6 +285,15 @@ func (d *Dispatcher) settleOnly(j job, err error) {
 			d.report(m, Settlement{Outcome: Nacked, Delay: delay, HandlerErr: err, SettleErr: nerr})
 		}
 	}
+}
+
+// stoppedHard reports a handler error that is the hard stop itself (the
+// handlers' context ended: Cancel, or the subscription's ctx), including a
+// message that was never started: it goes back to the broker by a nack,
+// never down the dead-letter path because its attempts ran out. (A
+// Permanent error still is dead-lettered.)
+func (d *Dispatcher) stoppedHard(err error) bool {
+	return d.ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // report calls the Settled hook, keeping a panic in it from taking the
@@ -344,7 +361,9 @@ func (d *Dispatcher) jobsDone(n int) {
 }
 
 // Cancel ends the handlers' context: running handlers should return, and
-// messages not yet started are nacked for redelivery without running.
+// messages not yet started are nacked for redelivery without running
+// (whatever their attempt count: a hard stop never dead-letters a message
+// for running out of attempts, nor does a handler's ctx.Err() after it).
 func (d *Dispatcher) Cancel() { d.cancel() }
 
 // Stop makes further Deliver calls return ErrClosed and waits until every
@@ -375,6 +394,9 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	return err
 }
 
+// maxReason bounds the courier-dlq-reason header, in bytes.
+const maxReason = 1024
+
 // DeadLetterMessage returns the copy of m that goes to a dead-letter topic:
 // same ID, Key, Payload and headers, plus the courier-dlq-* headers
 // (reason, source topic and group, attempt, time).
@@ -387,8 +409,16 @@ func DeadLetterMessage(m *message.Message, topic, group string, cause error) *me
 	if cause != nil {
 		reason = cause.Error()
 	}
-	if len(reason) > 1024 {
-		reason = reason[:1024]
+	// Header values must be valid UTF-8 on some brokers (Pub/Sub refuses
+	// the publish otherwise, and the message would loop): replace invalid
+	// bytes, and cut long reasons on a character boundary.
+	reason = strings.ToValidUTF8(reason, "\uFFFD")
+	if len(reason) > maxReason {
+		cut := maxReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
 	}
 	h[message.HeaderDeadLetterReason] = reason
 	h[message.HeaderDeadLetterTopic] = topic

@@ -110,9 +110,18 @@ type SubscribeOptions struct {
 	// Default: 1 (one message at a time, in order of arrival).
 	Concurrency int
 	// OrderedByKey keeps messages of one Key in publish order: a key's next
-	// message is handed out only after its previous one is acked, while
+	// message is handed out only after its previous one is settled, while
 	// different keys run in parallel up to Concurrency. It needs
 	// Capabilities.OrderedByKey. Default: false.
+	//
+	// Across a failure: mem and Kafka keep the key busy until the failed
+	// message succeeds or is dead-lettered (its redelivery happens in
+	// order), and SQS FIFO holds the message group while the message is
+	// invisible. On NATS JetStream and RabbitMQ (the Dispatcher's per-key
+	// queue) and Pub/Sub a nack settles the message: it goes back to the
+	// broker and later messages of its key may run before its redelivery.
+	// Where order must survive failures there, retry in process
+	// (middleware.Retry) before nacking.
 	OrderedByKey bool
 	// Start applies when the group (or subscription) has no stored
 	// position yet. Default: StartNew.

@@ -1,0 +1,231 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+	"unicode/utf8"
+
+	"github.com/courierkit/courier/message"
+	"github.com/courierkit/courier/transport"
+)
+
+// logAcker appends "<name>:ack" or "<name>:nack" to a shared log.
+type logAcker struct {
+	name string
+	mu   *sync.Mutex
+	log  *[]string
+}
+
+func (a logAcker) Ack(context.Context) error { a.add("ack"); return nil }
+func (a logAcker) Nack(context.Context, time.Duration) error {
+	a.add("nack")
+	return nil
+}
+func (a logAcker) add(what string) {
+	a.mu.Lock()
+	*a.log = append(*a.log, a.name+":"+what)
+	a.mu.Unlock()
+}
+
+// A hard stop while every worker is busy settles the message that was
+// waiting for a worker and the messages of its key queued behind it: each
+// is nacked once, and Stop returns.
+func TestDispatcherCancelSettlesQueuedKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if m.Key == "A" || m.Key == "B" {
+				<-release // busy, ignoring ctx
+			}
+			return nil
+		}), transport.DispatchOptions{Subscribe: transport.SubscribeOptions{Concurrency: 2, MaxInFlight: 8, OrderedByKey: true}})
+		var mu sync.Mutex
+		var log []string
+		deliver := func(id, key string) error {
+			return d.Deliver(context.Background(), &message.Message{ID: id, Key: key}, logAcker{id, &mu, &log})
+		}
+		for _, k := range []string{"A", "B"} {
+			if err := deliver(k, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait() // both workers busy
+		first := make(chan error, 1)
+		go func() { first <- deliver("K1", "K") }() // waits for a worker
+		synctest.Wait()
+		if err := deliver("K2", "K"); err != nil { // queued behind K1
+			t.Fatal(err)
+		}
+		if err := deliver("K3", "K"); err != nil {
+			t.Fatal(err)
+		}
+		d.Cancel()
+		if err := <-first; err != nil {
+			t.Fatalf("Deliver of K1: %v (it was taken)", err)
+		}
+		close(release)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := d.Stop(ctx); err != nil {
+			t.Fatalf("Stop: %v: a queued message was never settled", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		got := map[string]int{}
+		for _, s := range log {
+			got[s]++
+		}
+		for _, want := range []string{"K1:nack", "K2:nack", "K3:nack", "A:ack", "B:ack"} {
+			if got[want] != 1 {
+				t.Errorf("%s settled %d times; log %v", want, got[want], log)
+			}
+		}
+		if len(log) != 5 {
+			t.Errorf("settlements %v, want 5", log)
+		}
+	})
+}
+
+// A hard stop never dead-letters or drops a message for running out of
+// attempts: not one that was never started, nor one whose handler returned
+// the stop's ctx.Err(). A Permanent error during a stop still is
+// dead-lettered.
+func TestDispatcherHardStopKeepsLastAttempt(t *testing.T) {
+	for _, conc := range []int{1, 2} {
+		for _, dlq := range []string{"", "jobs.dlq"} {
+			var ran atomic.Int32
+			var mu sync.Mutex
+			var outcomes []transport.Outcome
+			var dead atomic.Int32
+			d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+				ran.Add(1)
+				return nil
+			}), transport.DispatchOptions{
+				Subscribe: transport.SubscribeOptions{Concurrency: conc, MaxAttempts: 3, DeadLetterTopic: dlq,
+					Settled: func(_ context.Context, _ *message.Message, s transport.Settlement) {
+						mu.Lock()
+						outcomes = append(outcomes, s.Outcome)
+						mu.Unlock()
+					}},
+				DeadLetter: func(context.Context, string, *message.Message) error { dead.Add(1); return nil },
+			})
+			d.Cancel()
+			a := &countAcker{}
+			if err := d.Deliver(context.Background(), &message.Message{ID: "x", Attempt: 3}, a); err != nil {
+				// Refused outright (not taken): the broker keeps it.
+				t.Logf("conc %d: Deliver after Cancel: %v", conc, err)
+			} else if a.nacks.Load() != 1 || a.acks.Load() != 0 || dead.Load() != 0 || ran.Load() != 0 {
+				t.Errorf("conc %d dlq %q: never-started last attempt: %d acks, %d nacks, %d dead letters, ran %d; want one nack",
+					conc, dlq, a.acks.Load(), a.nacks.Load(), dead.Load(), ran.Load())
+			}
+			_ = d.Stop(context.Background())
+			mu.Lock()
+			for _, o := range outcomes {
+				if o != transport.Nacked {
+					t.Errorf("conc %d dlq %q: outcome %v, want Nacked", conc, dlq, o)
+				}
+			}
+			mu.Unlock()
+		}
+	}
+
+	// The handler returns the stop's ctx.Err() on the last attempt: nacked.
+	// A Permanent error in the same situation: dead-lettered.
+	for _, perm := range []bool{false, true} {
+		var dead atomic.Int32
+		started := make(chan struct{})
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			close(started)
+			<-ctx.Done()
+			if perm {
+				return message.Permanent(errors.New("poison"))
+			}
+			return ctx.Err()
+		}), transport.DispatchOptions{
+			Subscribe:  transport.SubscribeOptions{MaxAttempts: 3, DeadLetterTopic: "jobs.dlq"},
+			DeadLetter: func(context.Context, string, *message.Message) error { dead.Add(1); return nil },
+		})
+		a := &countAcker{}
+		done := make(chan error, 1)
+		go func() { done <- d.Deliver(context.Background(), &message.Message{ID: "y", Attempt: 3}, a) }()
+		<-started
+		d.Cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		_ = d.Stop(context.Background())
+		if perm && (dead.Load() != 1 || a.acks.Load() != 1) {
+			t.Errorf("Permanent during a stop: %d dead letters, %d acks; want it dead-lettered", dead.Load(), a.acks.Load())
+		}
+		if !perm && (dead.Load() != 0 || a.nacks.Load() != 1) {
+			t.Errorf("ctx.Err() during a stop on the last attempt: %d dead letters, %d nacks; want a nack", dead.Load(), a.nacks.Load())
+		}
+	}
+}
+
+// panicAcker panics on its first Ack.
+type panicAcker struct{ n atomic.Int32 }
+
+func (a *panicAcker) Ack(context.Context) error {
+	if a.n.Add(1) == 1 {
+		panic("ack failed badly")
+	}
+	return nil
+}
+func (a *panicAcker) Nack(context.Context, time.Duration) error { return nil }
+
+// An Acker that panics while settling (Concurrency 1, in the caller's
+// goroutine) does not leave the Dispatcher's turn held: the next Deliver
+// runs.
+func TestDispatcherInlineTurnAfterSettlePanic(t *testing.T) {
+	// Real time, not synctest: a goroutine blocked on a mutex is not
+	// durably blocked, so a bubble would hang instead of failing.
+	d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(context.Context, *message.Message) error { return nil }),
+		transport.DispatchOptions{})
+	a := &panicAcker{}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the Acker's panic did not reach the caller")
+			}
+		}()
+		_ = d.Deliver(context.Background(), &message.Message{ID: "1"}, a)
+	}()
+	done := make(chan error, 1)
+	go func() { done <- d.Deliver(context.Background(), &message.Message{ID: "2"}, a) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the next Deliver is still blocked after 10s: the turn is held")
+	}
+	if err := d.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The dead-letter reason is valid UTF-8, cut on a character boundary.
+func TestDeadLetterReasonUTF8(t *testing.T) {
+	for _, cause := range []string{
+		strings.Repeat("a", 1023) + "é and more",
+		strings.Repeat("€", 400),
+		"bad \xff\xfe bytes",
+	} {
+		dm := transport.DeadLetterMessage(&message.Message{ID: "1"}, "t", "g", errors.New(cause))
+		r := dm.Headers[message.HeaderDeadLetterReason]
+		if !utf8.ValidString(r) || len(r) > 1024 || r == "" {
+			t.Errorf("reason of %d bytes: %d bytes, valid UTF-8 %v", len(cause), len(r), utf8.ValidString(r))
+		}
+		if utf8.ValidString(cause) && len(cause) <= 1024 && r != cause {
+			t.Errorf("short valid reason changed: %q", r)
+		}
+	}
+}
