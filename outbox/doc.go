@@ -145,8 +145,9 @@
 //     When a call fails, its messages are tried again one at a time (not
 //     after a timeout, and at most three failing in a row), so one bad
 //     message or key does not hold back the others. After three failures
-//     in a row the rest are not tried: they wait the retry delay without
-//     an attempt counted, so they are never made dead for it.
+//     in a row the rest are not tried: they stay pending as they were (no
+//     attempt counted, never made dead for it), and the relay waits
+//     RetryMin (at most PollInterval) before its next batch.
 //  4. Delete the published rows (or, with Retention, mark them), record
 //     failures, and commit, which releases the partitions.
 //

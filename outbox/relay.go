@@ -79,9 +79,7 @@ type Hooks struct {
 	// OnBatch is called after each batch committed.
 	OnBatch func(BatchStats)
 	// OnFailure is called when publishing n rows to topic failed; the rows
-	// will be retried (or were made dead, when dead is true). Rows put off
-	// untried after three failures in a row are reported too, with dead
-	// false and an error saying they were not tried.
+	// will be retried (or were made dead, when dead is true).
 	OnFailure func(topic string, n int, dead bool, err error)
 	// OnError is called when the relay's own database work failed (the
 	// batch was rolled back and will be tried again).
@@ -93,7 +91,7 @@ type Hooks struct {
 // BatchStats describe one committed batch.
 type BatchStats struct {
 	Published int           // rows published and marked (or deleted)
-	Failed    int           // rows whose publish failed (or was put off) and will be retried
+	Failed    int           // rows whose publish failed and will be retried
 	Dead      int           // rows made dead
 	Duration  time.Duration // claim to commit
 	// MaxAge is the longest time between a published row's commit in the
@@ -133,6 +131,11 @@ type Relay struct {
 	done     chan struct{} // closed when Run returns
 
 	published, failed, dead, batches, errs atomic.Int64
+
+	// pause is set by a batch that left rows untried because the
+	// transport failed everything: the loop waits before the next batch.
+	// Used by the loop's goroutine only.
+	pause bool
 }
 
 // NewRelay returns a relay that reads the outbox through connString (a
@@ -505,6 +508,12 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) error {
 		}
 		errDelay = 100 * time.Millisecond
 		switch {
+		case r.pause:
+			// The transport failed everything: the rows left untried are
+			// due at once, so wait as a failed row would before trying
+			// them (at most PollInterval).
+			r.pause = false
+			r.sleep(ctx, min(r.opts.RetryMin, r.opts.PollInterval), nil)
 		case n > 0:
 			continue // more may be waiting
 		case busy:
@@ -537,7 +546,6 @@ const (
 	sent
 	retry
 	dead
-	putOff // not tried: retried later, without an attempt
 )
 
 // batch claims partitions, publishes their oldest rows, marks them and
@@ -545,6 +553,7 @@ const (
 // waiting but every partition holding them was claimed by another relay.
 func (r *Relay) batch(ctx context.Context, conn *pgx.Conn, parts int) (n int, busy bool, err error) {
 	start := time.Now()
+	r.pause = false
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return 0, false, err
@@ -630,7 +639,6 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 	// Mark the outcome.
 	var sentSeqs []int64
 	retries := map[string][]int64{}
-	putOffs := map[string][]int64{}
 	deads := map[string][]int64{}
 	var stats BatchStats
 	now := time.Now()
@@ -643,10 +651,6 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 		case retry:
 			msg := errText(errs[i])
 			retries[msg] = append(retries[msg], w.seq)
-			stats.Failed++
-		case putOff:
-			msg := errText(errs[i])
-			putOffs[msg] = append(putOffs[msg], w.seq)
 			stats.Failed++
 		case dead:
 			msg := errText(errs[i])
@@ -673,11 +677,6 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 	// would make the row due again at once.
 	for msg, seqs := range retries {
 		b.Queue(fmt.Sprintf(`UPDATE %s SET attempts = attempts + 1, last_error = $2,
-  available_at = clock_timestamp() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
-WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.RetryMax.Seconds())
-	}
-	for msg, seqs := range putOffs { // the same delay, attempts unchanged
-		b.Queue(fmt.Sprintf(`UPDATE %s SET last_error = $2,
   available_at = clock_timestamp() + make_interval(secs => least($4::float8, $3::float8 * power(2, least(attempts, 30))) * (0.5 + random() / 2))
 WHERE seq = ANY($1)`, r.n.outbox), seqs, msg, r.opts.RetryMin.Seconds(), r.opts.RetryMax.Seconds())
 	}
@@ -839,11 +838,14 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		}
 		if transient >= 3 {
 			// The transport is failing everything: stop hammering it and
-			// retry the rest later. They were not tried, so they are put
-			// off (with the retry delay) without counting an attempt,
-			// and never made dead.
-			rest := fmt.Errorf("outbox: not tried after %d consecutive publish failures, the last: %v", transient, err)
-			r.putOff(topic, batch, remaining(ok[j:], batch, blocked), rest, state, errs, blocked)
+			// leave the rest for the next batch. They were not tried, so
+			// they stay as they are: no attempt counted, never made
+			// dead, and no retry delay either (a delay on a row with no
+			// attempt would not hold back its key's later rows, which
+			// the next batches would then publish before it). Their keys
+			// wait for the rest of this batch, and the relay pauses
+			// before its next batch.
+			r.putOff(topic, batch, remaining(ok[j:], batch, blocked), transient, err, blocked)
 			return
 		}
 		err = r.send(ctx, topic, msgs[j:j+1])
@@ -904,24 +906,21 @@ func (r *Relay) fail(topic string, batch []row, idx []int, err error, state []in
 	}
 }
 
-// putOff records rows idx as not tried: retried after the retry delay,
-// without counting an attempt; their keys are blocked for the rest of the
-// batch.
-func (r *Relay) putOff(topic string, batch []row, idx []int, err error, state []int, errs []error, blocked map[string]bool) {
+// putOff leaves rows idx untried (pending, unchanged in the table), blocks
+// their keys for the rest of the batch and makes the relay pause before its
+// next batch.
+func (r *Relay) putOff(topic string, batch []row, idx []int, failures int, last error, blocked map[string]bool) {
 	if len(idx) == 0 {
 		return
 	}
 	for _, i := range idx {
-		state[i] = putOff
-		errs[i] = err
 		if k := batch[i].key; k != "" {
 			blocked[k] = true
 		}
 	}
-	r.log.Warn("outbox relay: publish put off, will retry", "topic", topic, "n", len(idx), "err", err)
-	if r.opts.Hooks.OnFailure != nil {
-		r.opts.Hooks.OnFailure(topic, len(idx), false, err)
-	}
+	r.pause = true
+	r.log.Warn("outbox relay: rows not tried after consecutive publish failures, left for the next batch",
+		"topic", topic, "n", len(idx), "failures", failures, "err", last)
 }
 
 // cleanup deletes published rows older than Retention, in chunks.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/outbox"
+	"github.com/courierkit/courier/transport"
 )
 
 // slowFailing takes d per publish and fails it, recording when each call
@@ -66,34 +67,83 @@ func TestRetryDelayCountsFromTheFailure(t *testing.T) {
 }
 
 // When the transport fails everything, the one-by-one fallback gives up
-// after three failures in a row; the rows it did not try are put off, not
-// charged an attempt, and never made dead, even with MaxAttempts 1.
+// after three failures in a row; the rows it did not try are not charged
+// an attempt, so even with MaxAttempts 1 they are made dead only after a
+// publish of their own failed.
 func TestRowsNotTriedAreNotChargedAnAttempt(t *testing.T) {
 	e := newEnv(t, 1) // one partition: all rows in one batch
 	w := e.outbox(t, outbox.Options{})
 	tr, _ := memSink(t, "t")
 	f := &faulty{Publisher: tr, down: true}
-	var dead, put atomic.Int64
+	var dead, retried atomic.Int64
 	e.startRelay(t, f, outbox.RelayOptions{PollInterval: 20 * time.Millisecond, RetryMin: time.Hour, MaxAttempts: 1,
 		Hooks: outbox.Hooks{OnFailure: func(_ string, n int, d bool, _ error) {
 			if d {
 				dead.Add(int64(n))
 			} else {
-				put.Add(int64(n))
+				retried.Add(int64(n))
 			}
 		}}})
 	e.writeRows(t, w, "t", 6, 6, 6) // 6 keys, one row each, one call
-	waitFor(t, 10*time.Second, "the batch to commit", func() bool { return e.count(t, "attempts > 0 OR available_at > now()") == 6 })
-	if got := f.tries.Load(); got != 1+3 {
-		t.Errorf("%d publish calls, want the group call and 3 single tries", got)
+	waitFor(t, 10*time.Second, "all rows dead", func() bool { return e.count(t, "dead_at IS NOT NULL") == 6 })
+	// Batch 1: the group call and 3 single tries, 3 rows left untried;
+	// batch 2: the same for those 3. Each row died of its own publish.
+	if got := f.tries.Load(); got != 1+3+1+3 {
+		t.Errorf("%d publish calls, want 8", got)
 	}
-	if n := e.count(t, "dead_at IS NOT NULL AND attempts = 1"); n != 3 {
-		t.Errorf("%d rows made dead, want the 3 tried", n)
+	if n := e.count(t, "attempts = 1 AND last_error = 'injected failure'"); n != 6 {
+		t.Errorf("%d rows with one failed attempt of their own, want 6", n)
 	}
-	if n := e.count(t, "dead_at IS NULL AND attempts = 0 AND available_at > now() AND last_error LIKE '%not tried%'"); n != 3 {
-		t.Errorf("%d rows put off without an attempt, want 3", n)
+	if dead.Load() != 6 || retried.Load() != 0 {
+		t.Errorf("OnFailure told of %d dead and %d retried rows, want 6 and 0", dead.Load(), retried.Load())
 	}
-	if dead.Load() != 3 || put.Load() != 3 {
-		t.Errorf("OnFailure told of %d dead and %d retried rows, want 3 and 3", dead.Load(), put.Load())
+}
+
+// failFirst fails its first n calls, then publishes.
+type failFirst struct {
+	transport.Publisher
+	n     atomic.Int64
+	tried atomic.Int64
+}
+
+func (f *failFirst) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if f.tried.Add(1) <= f.n.Load() {
+		return errInjected
+	}
+	return f.Publisher.Publish(ctx, topic, msgs...)
+}
+
+// A row the fallback left untried still comes before its key's later rows
+// that did not fit in the batch.
+func TestRowsNotTriedKeepTheirKeysOrder(t *testing.T) {
+	e := newEnv(t, 1)
+	w := e.outbox(t, outbox.Options{})
+	tr, s := memSink(t, "t")
+	f := &failFirst{Publisher: tr}
+	f.n.Store(4) // the group call and 3 single tries of the first batch
+	e.startRelay(t, f, outbox.RelayOptions{PollInterval: 20 * time.Millisecond, BatchSize: 6, RetryMin: time.Hour})
+	ctx := context.Background()
+	var msgs []*message.Message
+	for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
+		msgs = append(msgs, &message.Message{Key: k, Payload: []byte("0")})
+	}
+	msgs = append(msgs, &message.Message{Key: "f", Payload: []byte("1")}) // beyond the batch
+	if err := w.Publish(ctx, outbox.SQL(e.db), "t", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	s.waitN(t, 4, 10*time.Second) // d, e, f and f's second row; a, b, c wait an hour
+	var f0 = -1
+	for i, m := range s.snapshot() {
+		if m.Key != "f" {
+			continue
+		}
+		if string(m.Payload) == "0" {
+			f0 = i
+		} else if f0 < 0 {
+			t.Fatalf("key f: row 1 published before row 0 (%d messages)", s.len())
+		}
+	}
+	if e.count(t, "attempts = 1 AND msg_key IN ('a', 'b', 'c')") != 3 {
+		t.Errorf("the 3 failed rows do not wait")
 	}
 }
