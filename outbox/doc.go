@@ -200,6 +200,18 @@
 //     The crash test measures exactly that: no more duplicates than the
 //     messages of the batch in flight. A consumer behind the Inbox applies
 //     each of them once.
+//   - A relay that loses its database session while it publishes (the
+//     session killed, a failover, a network cut) keeps its batch until it
+//     notices, while the server has released its partitions and another
+//     relay can claim them and publish the same rows from the first
+//     uncommitted one. The relay checks its session (one round trip)
+//     before each Publish call of a batch but the first, and gives the
+//     batch up when the session is gone, so the overlap is at most the
+//     Publish call in flight when the session ended (bounded by
+//     PublishTimeout): its messages are duplicates, published
+//     concurrently with the new holder's copies of them. Changing the
+//     partition count while relays run can also publish rows twice
+//     (see Limits).
 //   - Per-key order: rows of one key are published in the order of their
 //     sequence numbers, even with many relays, across retries (later rows
 //     wait behind a failing one) and across topics. With the key lock
@@ -208,7 +220,12 @@
 //     as it declares Capabilities.OrderedByKey. After a relay crash a
 //     key's duplicates are a replay: its sequence starts again at the
 //     first row the crashed batch had not committed, and is in order from
-//     there. Rows without a key have no order.
+//     there. In the lost-session overlap above the two relays' copies of
+//     a key's rows are each in order but may interleave with each other
+//     (a1 a2 from the old holder's last call and a1 a2 a3 from the new
+//     one can arrive as a1 a1 a2 a2 a3 or a1 a2 a1 a2 a3, among others):
+//     unlike a crash's replay, the key may go back more than once.
+//     Rows without a key have no order.
 //   - Not exactly-once on its own: pair it with the Inbox.
 //
 // # The inbox

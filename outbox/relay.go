@@ -631,9 +631,28 @@ ORDER BY seq LIMIT $3`, r.n.outbox)
 		return 0, true, nil
 	}
 
-	state, errs := r.publish(ctx, batch)
+	// Before each Publish call but the first, check the session still
+	// lives (one round trip): a relay whose session ended has lost its
+	// partitions to another relay, which publishes the same rows from
+	// their start; going on would interleave the two.
+	calls := 0
+	alive := func(ctx context.Context) error {
+		if calls++; calls == 1 {
+			return nil
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.opts.PublishTimeout)
+		defer cancel()
+		if err := conn.PgConn().Ping(pctx); err != nil {
+			return fmt.Errorf("database session lost while publishing a batch: %w", err)
+		}
+		return nil
+	}
+	state, errs, err := r.publish(ctx, batch, alive)
 	if ctx.Err() != nil {
 		return 0, false, ctx.Err()
+	}
+	if err != nil {
+		return 0, false, err
 	}
 
 	// Mark the outcome.
@@ -728,7 +747,10 @@ func permanentPublishErr(err error) bool {
 // publishing the waves one after the other, each as one Publish per topic,
 // sends every key's rows in sequence order. A key whose row failed is
 // blocked for the rest of the batch; other keys go on.
-func (r *Relay) publish(ctx context.Context, batch []row) ([]int, []error) {
+//
+// alive is called before each Publish call; when it fails, publish stops
+// and returns its error.
+func (r *Relay) publish(ctx context.Context, batch []row, alive func(context.Context) error) ([]int, []error, error) {
 	state := make([]int, len(batch))
 	errs := make([]error, len(batch))
 	type last struct {
@@ -770,12 +792,14 @@ func (r *Relay) publish(ctx context.Context, batch []row) ([]int, []error) {
 		}
 		for _, topic := range topics {
 			if ctx.Err() != nil {
-				return state, errs
+				return state, errs, nil
 			}
-			r.publishGroup(ctx, topic, batch, groups[topic], state, errs, blocked)
+			if err := r.publishGroup(ctx, topic, batch, groups[topic], state, errs, blocked, alive); err != nil {
+				return state, errs, err
+			}
 		}
 	}
-	return state, errs
+	return state, errs, nil
 }
 
 func (r *Relay) toMessage(w row) (*message.Message, error) {
@@ -797,7 +821,8 @@ func (r *Relay) send(ctx context.Context, topic string, msgs []*message.Message)
 // publishGroup publishes rows idx of one topic. When the group publish
 // fails it falls back to one message at a time, so that one bad message
 // or key does not hold back the others.
-func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx []int, state []int, errs []error, blocked map[string]bool) {
+// It returns alive's error, when alive failed.
+func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx []int, state []int, errs []error, blocked map[string]bool, alive func(context.Context) error) error {
 	msgs := make([]*message.Message, 0, len(idx))
 	ok := idx[:0:0]
 	for _, i := range idx {
@@ -810,24 +835,27 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		ok = append(ok, i)
 	}
 	if len(ok) == 0 {
-		return
+		return nil
+	}
+	if err := alive(ctx); err != nil {
+		return err
 	}
 	err := r.send(ctx, topic, msgs)
 	if err == nil {
 		for _, i := range ok {
 			state[i] = sent
 		}
-		return
+		return nil
 	}
 	if ctx.Err() != nil {
-		return
+		return nil
 	}
 	if len(ok) == 1 || errors.Is(err, context.DeadlineExceeded) {
 		// One message, or a transport that did not answer within
 		// PublishTimeout: trying each message alone would hold the
 		// partitions for that long again per message.
 		r.fail(topic, batch, ok, err, state, errs, blocked)
-		return
+		return nil
 	}
 	r.log.Debug("outbox relay: group publish failed, trying one by one", "topic", topic, "n", len(ok), "err", err)
 	transient := 0 // consecutive failures a retry might fix
@@ -846,11 +874,14 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 			// wait for the rest of this batch, and the relay pauses
 			// before its next batch.
 			r.putOff(topic, batch, remaining(ok[j:], batch, blocked), transient, err, blocked)
-			return
+			return nil
+		}
+		if aerr := alive(ctx); aerr != nil {
+			return aerr
 		}
 		err = r.send(ctx, topic, msgs[j:j+1])
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		if err == nil {
 			state[i] = sent
@@ -862,6 +893,7 @@ func (r *Relay) publishGroup(ctx context.Context, topic string, batch []row, idx
 		}
 		r.fail(topic, batch, []int{i}, err, state, errs, blocked)
 	}
+	return nil
 }
 
 func remaining(idx []int, batch []row, blocked map[string]bool) []int {
