@@ -66,7 +66,8 @@
 // # Schema
 //
 // CreateSchema creates the tables (idempotent, safe to run from every
-// instance at start with the same SchemaOptions); SchemaSQL returns the
+// instance at start with the same SchemaOptions: on existing tables it
+// takes no lock that waits for or holds up writes); SchemaSQL returns the
 // same statements for migration tools. The partition count is fixed when
 // the tables are created: CreateSchema with SchemaOptions.Partitions set
 // to another count than the existing tables have changes nothing and

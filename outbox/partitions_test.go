@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -139,4 +140,40 @@ func TestRelayNoticesPartitionCountChange(t *testing.T) {
 	}
 	close(a.release)
 	s.waitN(t, 2, 10*time.Second)
+}
+
+// CreateSchema on existing tables takes no lock that waits for, or holds
+// up, the application's writes: CREATE INDEX IF NOT EXISTS alone takes a
+// SHARE lock on its table even when the index exists, which would queue
+// every outbox write of every instance behind the longest transaction
+// writing to the outbox while one instance starts.
+func TestCreateSchemaDoesNotLockExistingTables(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx := context.Background()
+	tx, err := e.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if err := outbox.CreateSchema(ctx, outbox.Pgx(tx), outbox.SchemaOptions{Tables: e.tables, Partitions: 4}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := tx.Query(ctx, `SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+WHERE l.pid = pg_backend_pid() AND c.relnamespace = $1::regnamespace
+  AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')`, e.tables.Schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var rel, mode string
+		if err := rows.Scan(&rel, &mode); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(rel, "_partitions") && !strings.HasSuffix(rel, "_partitions_pkey") {
+			t.Errorf("CreateSchema on existing tables holds %s on %s", mode, rel)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 }

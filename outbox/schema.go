@@ -105,7 +105,9 @@ type SchemaOptions struct {
 // is idempotent (IF NOT EXISTS, ON CONFLICT DO NOTHING), and the partition
 // rows are inserted only into an empty partition table, so running it
 // against existing tables never changes their partition count (it does not
-// check it either: CreateSchema does).
+// check it either: CreateSchema does). Run as it is, its CREATE INDEX IF NOT
+// EXISTS statements lock their tables against writes until the migration
+// commits even when the indexes exist (CreateSchema skips existing ones).
 func SchemaSQL(opts SchemaOptions) (string, error) {
 	n, err := opts.Tables.resolve()
 	if err != nil {
@@ -170,7 +172,10 @@ func quoteIdent(s string) string {
 // indexes when they do not exist (SchemaSQL shows the statements). It runs
 // them in one transaction, under an advisory lock so that several
 // processes starting at once do not race. db is a *sql.DB, *sql.Conn,
-// *pgx.Conn or *pgxpool.Pool, wrapped with SQL or Pgx.
+// *pgx.Conn or *pgxpool.Pool, wrapped with SQL or Pgx. It skips the indexes
+// that exist (CREATE INDEX IF NOT EXISTS would lock their table against
+// writes, and wait for the transactions writing to it), so on existing
+// tables it neither waits for nor holds up the application's writes.
 //
 // It never changes the partition count of existing tables: when they
 // exist with another count than a non-zero opts.Partitions, it changes
@@ -207,6 +212,24 @@ func CreateSchema(ctx context.Context, db DB, opts SchemaOptions) error {
 		for _, s := range strings.Split(stmts, ";\n") {
 			if strings.TrimSpace(s) == "" {
 				continue
+			}
+			// CREATE INDEX IF NOT EXISTS takes a SHARE lock on its
+			// table before it finds the index exists, and holds it to
+			// the commit: it would wait for every open transaction
+			// that wrote to the table, and every new write would wait
+			// behind it. Existing indexes are skipped instead.
+			if idx, ok := strings.CutPrefix(strings.TrimSpace(s), "CREATE INDEX IF NOT EXISTS "); ok {
+				name, _, _ := strings.Cut(idx, " ")
+				if n.schemaQ != "" {
+					name = n.schemaQ + "." + name
+				}
+				var exists bool
+				if _, err := x.queryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", []any{name}, &exists); err != nil {
+					return fmt.Errorf("outbox: create schema: %w", err)
+				}
+				if exists {
+					continue
+				}
 			}
 			if _, err := x.exec(ctx, s); err != nil {
 				return fmt.Errorf("outbox: create schema: %w", err)
