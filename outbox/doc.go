@@ -160,8 +160,9 @@
 //
 // Failed publishes: the row's attempts grows, last_error is kept, and
 // available_at moves RetryMin·2^attempts past the end of the batch's
-// publishing (capped by RetryMax, with jitter: 50-100% of it). Later rows of the same key wait behind it
-// (their order must hold); other keys go on at once. An error that no
+// publishing (capped by RetryMax, with jitter: 50-100% of it). Later
+// rows of the same key wait behind it (their order must hold); other keys
+// go on at once. An error that no
 // retry can fix (transport.ErrLimit, ErrInvalidName, ErrInvalidMessage, a
 // message.Permanent error) or MaxAttempts reached makes the row dead:
 // dead_at is set, Hooks.OnFailure is told, the error is logged, and its
