@@ -18,7 +18,9 @@ import (
 // (MaxInFlight) round per run of messages instead of one per message: the
 // handlers run in the caller's goroutine one after another while the
 // batch holds the inline turn, and their tokens return together at the
-// end of the run. With more concurrency the tokens of a run are taken
+// end of the run; ctx is checked before each message, so when it ends
+// mid-run (a revoked partition) no further handler starts and the rest
+// are not taken. With more concurrency the tokens of a run are taken
 // together and each message goes to a worker as with Deliver.
 func (d *Dispatcher) DeliverBatch(ctx context.Context, n int, at func(i int) (*message.Message, Acker)) (int, error) {
 	for i := 0; i < n; {
@@ -33,7 +35,9 @@ func (d *Dispatcher) DeliverBatch(ctx context.Context, n int, at func(i int) (*m
 			return i, ErrClosed
 		}
 		if d.work == nil {
-			d.runInline(i, k, at)
+			if r := d.runInline(ctx, i, k, at); r < k {
+				return i + r, ctx.Err()
+			}
 		} else {
 			for j := i; j < i+k; j++ {
 				m, a := at(j)
@@ -46,8 +50,9 @@ func (d *Dispatcher) DeliverBatch(ctx context.Context, n int, at func(i int) (*m
 }
 
 // runInline runs messages from..from+k of at under the inline turn,
-// holding their k tokens until the run ends (or a settle panics).
-func (d *Dispatcher) runInline(from, k int, at func(int) (*message.Message, Acker)) {
+// holding their k tokens until the run ends (or a settle panics), and
+// returns how many it took: all k, unless ctx ended first.
+func (d *Dispatcher) runInline(ctx context.Context, from, k int, at func(int) (*message.Message, Acker)) int {
 	d.inline.Lock()
 	defer func() {
 		d.inline.Unlock()
@@ -55,6 +60,9 @@ func (d *Dispatcher) runInline(from, k int, at func(int) (*message.Message, Acke
 		d.jobsDone(k)
 	}()
 	for i := from; i < from+k; i++ {
+		if ctx.Err() != nil {
+			return i - from // the caller gave up: the rest are not taken
+		}
 		m, a := at(i)
 		j := job{m: m, a: a}
 		var err error
@@ -65,4 +73,5 @@ func (d *Dispatcher) runInline(from, k int, at func(int) (*message.Message, Acke
 		}
 		d.settleOnly(j, err)
 	}
+	return k
 }

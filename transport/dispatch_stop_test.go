@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -227,5 +228,36 @@ func TestDeadLetterReasonUTF8(t *testing.T) {
 		if utf8.ValidString(cause) && len(cause) <= 1024 && r != cause {
 			t.Errorf("short valid reason changed: %q", r)
 		}
+	}
+}
+
+// With Concurrency 1, a batch whose ctx ends mid-run (a revoked Kafka
+// partition) starts no further handler: DeliverBatch returns how many it
+// took and ctx's error, and the rest are untouched for the caller.
+func TestDeliverBatchStopsWhenCtxEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ran []string
+	d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		ran = append(ran, m.ID)
+		if m.ID == "2" {
+			cancel() // revoked while the third message runs
+		}
+		return nil
+	}), transport.DispatchOptions{Subscribe: transport.SubscribeOptions{MaxInFlight: 16}})
+	a := &countAcker{}
+	n, err := d.DeliverBatch(ctx, 8, func(i int) (*message.Message, transport.Acker) {
+		return &message.Message{ID: strconv.Itoa(i)}, a
+	})
+	if n != 3 || !errors.Is(err, context.Canceled) {
+		t.Fatalf("DeliverBatch = %d, %v; want 3 taken and context.Canceled", n, err)
+	}
+	if len(ran) != 3 || a.acks.Load() != 3 || a.nacks.Load() != 0 {
+		t.Fatalf("ran %v, %d acks, %d nacks; want 3 run and acked", ran, a.acks.Load(), a.nacks.Load())
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := d.Stop(sctx); err != nil {
+		t.Fatalf("Stop: %v (jobs of the untaken messages leaked)", err)
 	}
 }
