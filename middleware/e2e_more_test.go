@@ -20,94 +20,8 @@ import (
 
 	"github.com/courierkit/courier/message"
 	"github.com/courierkit/courier/middleware"
-	"github.com/courierkit/courier/router"
 	"github.com/courierkit/courier/transport"
-	memtransport "github.com/courierkit/courier/transport/mem"
 )
-
-// moreRig is one service on the mem transport: a router (with an optional
-// publisher in front of the broker) running route "jobs"/"workers" with
-// the given middleware, and a collector route on "jobs.dlq"/"ops".
-type moreRig struct {
-	t    *testing.T
-	mem  *memtransport.Transport
-	r    *router.Router
-	dlq  chan *message.Message
-	done chan error
-}
-
-func newMoreRig(t *testing.T, wrap func(transport.Publisher) transport.Publisher, mw []message.Middleware, h message.Handler, sub transport.SubscribeOptions) *moreRig {
-	t.Helper()
-	mem, err := memtransport.New(t.Context(), memtransport.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mem.Close() })
-	for _, d := range [][2]string{{"jobs", "workers"}, {"jobs.dlq", "ops"}} {
-		if err := mem.Declare(t.Context(), d[0], transport.SubscribeOptions{Group: d[1]}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var pub transport.Publisher = mem
-	if wrap != nil {
-		pub = wrap(mem)
-	}
-	g := &moreRig{t: t, mem: mem, dlq: make(chan *message.Message, 100), done: make(chan error, 1)}
-	g.r = router.New(mem, router.Options{Publisher: pub})
-	sub.Group = "workers"
-	if err := g.r.Add(router.Route{Topic: "jobs", Handler: h, Middleware: mw, Subscribe: sub}); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.r.Handle("jobs.dlq", "ops", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
-		g.dlq <- m
-		return nil
-	})); err != nil {
-		t.Fatal(err)
-	}
-	go func() { g.done <- g.r.Run(context.Background()) }()
-	return g
-}
-
-func (g *moreRig) publish(m *message.Message) {
-	g.t.Helper()
-	if err := g.mem.Publish(context.Background(), "jobs", m); err != nil {
-		g.t.Fatal(err)
-	}
-}
-
-func (g *moreRig) lag(topic, group string) transport.Lag {
-	g.t.Helper()
-	l, err := g.mem.Lag(context.Background(), topic, group)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	return l
-}
-
-// settled waits (fake time, bounded) until both groups have nothing
-// pending or in flight.
-func (g *moreRig) settled() {
-	g.t.Helper()
-	for range 1000 {
-		synctest.Wait()
-		a, b := g.lag("jobs", "workers"), g.lag("jobs.dlq", "ops")
-		if a.Pending == 0 && a.InFlight == 0 && b.Pending == 0 && b.InFlight == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	g.t.Fatalf("never settled: jobs %+v, jobs.dlq %+v", g.lag("jobs", "workers"), g.lag("jobs.dlq", "ops"))
-}
-
-func (g *moreRig) stop() {
-	g.t.Helper()
-	if err := g.r.Shutdown(context.Background()); err != nil {
-		g.t.Fatal(err)
-	}
-	if err := <-g.done; !errors.Is(err, router.ErrClosed) {
-		g.t.Fatalf("Run = %v", err)
-	}
-}
 
 // flakyDLQ fails the first fail publishes to topic dlq and reports every
 // publish attempt to that topic on calls.
@@ -171,7 +85,7 @@ func TestE2EMoreDeadLetterPublishFailureLosesNothing(t *testing.T) {
 					return err
 				})
 				pub := &flakyDLQ{dlq: "jobs.dlq", fail: failing, calls: make(chan int, 100)}
-				g := newMoreRig(t, func(p transport.Publisher) transport.Publisher { pub.Publisher = p; return pub },
+				g := newEnvWith(t, func(p transport.Publisher) transport.Publisher { pub.Publisher = p; return pub },
 					middleware.Recommended(middleware.StackOptions{
 						Retry:      middleware.RetryOptions{MaxAttempts: 1},
 						Redelivery: middleware.RedeliveryOptions{InitialDelay: 10 * time.Second},
@@ -317,7 +231,7 @@ func TestE2EMoreRecommendedWithLoggingAndRateLimit(t *testing.T) {
 			return nil
 		})
 		const perSecond = 2
-		g := newMoreRig(t, nil, middleware.Recommended(middleware.StackOptions{
+		g := newEnvWith(t, nil, middleware.Recommended(middleware.StackOptions{
 			Logging:    &middleware.LoggingOptions{Logger: logger},
 			RateLimit:  &middleware.RateLimitOptions{Limit: rate.Limit(perSecond), Burst: 1},
 			Retry:      middleware.RetryOptions{MaxAttempts: 3},

@@ -34,6 +34,13 @@ type env struct {
 
 func newEnv(t *testing.T, o middleware.StackOptions, h message.Handler, sub transport.SubscribeOptions) *env {
 	t.Helper()
+	return newEnvWith(t, nil, middleware.Recommended(o), h, sub)
+}
+
+// newEnvWith is newEnv with the route's middleware given as is and, when
+// wrap is set, the router's publisher (dead letters, follow-ups) wrapped.
+func newEnvWith(t *testing.T, wrap func(transport.Publisher) transport.Publisher, mw []message.Middleware, h message.Handler, sub transport.SubscribeOptions) *env {
+	t.Helper()
 	mem, err := memtransport.New(t.Context(), memtransport.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -44,10 +51,14 @@ func newEnv(t *testing.T, o middleware.StackOptions, h message.Handler, sub tran
 			t.Fatal(err)
 		}
 	}
+	var pub transport.Publisher = mem
+	if wrap != nil {
+		pub = wrap(mem)
+	}
 	e := &env{t: t, mem: mem, dlq: make(chan *message.Message, 100)}
-	e.r = router.New(mem, router.Options{})
+	e.r = router.New(mem, router.Options{Publisher: pub})
 	sub.Group = "workers"
-	if err := e.r.Add(router.Route{Topic: "jobs", Handler: h, Middleware: middleware.Recommended(o), Subscribe: sub}); err != nil {
+	if err := e.r.Add(router.Route{Topic: "jobs", Handler: h, Middleware: mw, Subscribe: sub}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.r.Handle("jobs.dlq", "ops", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
@@ -92,18 +103,19 @@ func (e *env) stop() {
 	}
 }
 
-// settled waits (fake time) until the jobs group has nothing pending or in
-// flight.
+// settled waits (fake time, bounded) until the jobs group has nothing
+// pending or in flight, nor has the dead-letter collector.
 func (e *env) settled() {
 	e.t.Helper()
 	for range 1000 {
 		synctest.Wait()
-		if l := e.lag("jobs", "workers"); l.Pending == 0 && l.InFlight == 0 {
+		a, b := e.lag("jobs", "workers"), e.lag("jobs.dlq", "ops")
+		if a.Pending == 0 && a.InFlight == 0 && b.Pending == 0 && b.InFlight == 0 {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	e.t.Fatalf("jobs never settled: %+v", e.lag("jobs", "workers"))
+	e.t.Fatalf("never settled: jobs %+v, jobs.dlq %+v", e.lag("jobs", "workers"), e.lag("jobs.dlq", "ops"))
 }
 
 // Seed flow: a transient failure recovers after in-process retries.
