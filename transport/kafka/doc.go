@@ -50,10 +50,15 @@
 // sarama's client and protocol types, with the idempotent producer's
 // rules: a producer ID from InitProducerID,
 // gap-free sequence numbers per partition, one batch per partition in
-// flight, a failed batch sent again with the same numbers (the broker
-// drops a duplicate), a new producer ID when the broker lost the
-// producer's state. A partition's records beyond MaxMessageBytes go in
-// further rounds, in order. With Options.Linger calls of several messages
+// flight, a failed batch sent again with the same numbers and producer ID
+// (the broker drops a duplicate) even when the producer took a new ID
+// meanwhile, a batch renumbered under a new producer ID only when the
+// broker answers for its partition that it lost the producer's state. A
+// batch given up on whose outcome is unknown (a lost answer, a timeout)
+// makes the producer take a new ID; one the broker refused before writing
+// it (MESSAGE_TOO_LARGE, INVALID_RECORD, an authorization error) does not.
+// A partition's records beyond MaxMessageBytes go in further rounds, in
+// order. With Options.Linger calls of several messages
 // go through sarama's lingering producer instead, which lets concurrent
 // calls share requests at the price of the linger on each call; one-message
 // calls never linger. Concurrent calls that write to the same partition
@@ -66,8 +71,11 @@
 // Headers are record headers, Payload the record value. Records written by
 // other producers have no courier-id: their ID is "topic-partition-offset".
 // A Publish that runs into its ctx or PublishTimeout returns an error while
-// the records may still be written: publish again (the ID lets consumers
-// spot the duplicate).
+// the records may still be written (a request in flight): publish again
+// (the ID lets consumers spot the duplicate). Without Linger the producer
+// then starts nothing more of the call: no retry, no further round, and
+// nothing at all of a call that was still waiting for a partition behind
+// another call.
 //
 // Consuming. Records of different partitions, and of different keys within
 // a partition when SubscribeOptions.OrderedByKey is set, are handled
@@ -169,11 +177,14 @@
 //
 // # Limits
 //
-// Capabilities().Limits: MaxMessage is MaxMessageBytes minus the record
-// overhead sarama counts (36 bytes, plus 10 and the courier-id header for
-// the ID); each header costs 10 bytes of overhead on top of its name and
-// value, which Publish counts exactly: a message over the limit is a
-// *transport.LimitError before anything of the call is sent. MaxPayload is
+// Capabilities().Limits: MaxMessage is MaxMessageBytes minus the header of
+// the record batch every record travels in (61 bytes; the broker checks
+// message.max.bytes against the batch) and the record overhead sarama
+// counts (36 bytes, plus 10 and the courier-id header for the ID), so a
+// message at the limit fits a broker whose message.max.bytes equals
+// MaxMessageBytes; each header costs 10 bytes of overhead on top of its
+// name and value, which Publish counts exactly: a message over the limit
+// is a *transport.LimitError before anything of the call is sent. MaxPayload is
 // MaxMessage minus 64 (an ID of up to 64 bytes, no headers). When the
 // broker's message.max.bytes or the topic's max.message.bytes is smaller
 // than MaxMessageBytes, the broker's refusal comes back as

@@ -37,6 +37,10 @@ const (
 	// value (sarama's maximumRecordOverhead), headerOverhead per header.
 	recordOverhead = 36
 	headerOverhead = 10
+	// batchOverhead is the header of a record batch (v2), log overhead
+	// included: every record travels in a batch, and the broker checks
+	// the batch's size against message.max.bytes.
+	batchOverhead = 61
 )
 
 // Transport is a courier transport on Apache Kafka, through IBM/sarama.
@@ -91,7 +95,7 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		subs: map[*subscription]struct{}{},
 	}
 	t.limits = transport.Limits{
-		MaxMessage: o.MaxMessageBytes - recordOverhead - headerOverhead - len(HeaderID),
+		MaxMessage: o.MaxMessageBytes - batchOverhead - recordOverhead - headerOverhead - len(HeaderID),
 		MaxNameLen: 249, // Kafka's topic name limit
 	}
 	t.limits.MaxPayload = t.limits.MaxMessage - 64
@@ -263,7 +267,7 @@ func (t *Transport) record(i int, m *message.Message) (outRecord, error) {
 		j++
 		size += len(k) + len(v) + headerOverhead
 	}
-	if size > t.o.MaxMessageBytes {
+	if batchOverhead+size > t.o.MaxMessageBytes { // a batch of this record alone
 		return outRecord{}, &transport.LimitError{Index: i, MessageID: m.ID, What: "message", Size: transport.Size(m),
 			Limit: t.limits.MaxMessage - headerOverhead*len(m.Headers)}
 	}
@@ -296,6 +300,10 @@ func (t *Transport) headerBytes(m *message.Message) int {
 // producer (one request per partition leader); with Linger, calls of
 // several messages go through sarama's lingering producer instead.
 func (t *Transport) send(ctx context.Context, topic string, recs []outRecord) error {
+	// pctx ends with the call (ctx, PublishTimeout, return): the producer
+	// sends nothing of the call after its caller has had an error.
+	pctx, cancel := context.WithTimeout(ctx, t.o.PublishTimeout)
+	defer cancel()
 	var run func() error
 	if len(recs) > 1 && t.o.Linger > 0 {
 		bp, err := t.batcher()
@@ -318,21 +326,21 @@ func (t *Transport) send(ctx context.Context, topic string, recs []outRecord) er
 		}
 		run = func() error { return bp.SendMessages(pms) }
 	} else {
-		run = func() error { return t.prod.produce(topic, recs) }
+		run = func() error { return t.prod.produce(pctx, topic, recs) }
 	}
 	done := make(chan error, 1)
 	go func() { done <- run() }()
-	timer := time.NewTimer(t.o.PublishTimeout)
-	defer timer.Stop()
 	var err error
 	select {
 	case err = <-done:
-	case <-timer.C:
+	case <-pctx.Done():
+		// The records may still land (a request in flight): the caller
+		// gets the error and should publish again (IDs make duplicates
+		// detectable). The producer sends nothing more of the call.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		return fmt.Errorf("kafkatransport: publish to %q: not acknowledged within publish_timeout %s (the records may still land)", topic, t.o.PublishTimeout)
-	case <-ctx.Done():
-		// The records may still land: the caller gets ctx.Err() and
-		// should publish again (IDs make duplicates detectable).
-		return ctx.Err()
 	case <-t.done:
 		return transport.ErrClosed
 	}

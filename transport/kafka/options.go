@@ -58,10 +58,12 @@ type Options struct {
 	// create_topics=false.
 	NoCreateTopics bool
 
-	// MaxMessageBytes is the largest record the producer sends, record
-	// overhead included (the producer's max.request.size; keep it at or
-	// below the broker's message.max.bytes and the topic's
-	// max.message.bytes). Default 1000000. URL: max_message_bytes.
+	// MaxMessageBytes is the largest record batch the producer sends,
+	// batch and record overhead included (the producer's
+	// max.request.size; keep it at or below the broker's
+	// message.max.bytes and the topic's max.message.bytes, which bound
+	// the same batch size). A record alone in its batch must fit, which
+	// sets Capabilities().Limits. Default 1000000. URL: max_message_bytes.
 	MaxMessageBytes int
 	// Linger makes calls of several messages go through sarama's
 	// producer, which waits this long (Kafka's linger.ms) from the first

@@ -1,6 +1,7 @@
 package kafkatransport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -25,14 +26,27 @@ import (
 // lock is held from numbering to the broker's answer, retries included),
 // and resends a failed batch with the same numbers, so a retry after a
 // lost answer is discarded by the broker as a duplicate instead of being
-// written twice. Answers that say the broker lost the producer's state
-// (UNKNOWN_PRODUCER_ID, OUT_OF_ORDER_SEQUENCE_NUMBER, an invalid epoch)
-// make it ask for a new producer ID and resend from sequence 0.
+// written twice.
+//
+// A batch keeps its producer ID and numbers until it is settled, even when
+// the producer took a new ID meanwhile (Java's producer does the same):
+// only the broker's answer for that partition's batch saying it lost the
+// producer's state (UNKNOWN_PRODUCER_ID, OUT_OF_ORDER_SEQUENCE_NUMBER, an
+// invalid epoch) renumbers it, under a new producer ID from sequence 0.
+// The partition's next batch then starts at sequence 0 under whatever ID
+// is current (partSeq.gen tells which ID its sequence counts for).
+//
+// A batch given up on (retries, PublishTimeout, Close) whose numbers the
+// broker may have accepted drops the producer ID: its numbers can be
+// neither reused nor skipped. A batch that was only ever refused before
+// being written (MESSAGE_TOO_LARGE, INVALID_RECORD, an authorization
+// error, or never sent) keeps the ID: the partition's next batch reuses
+// its numbers.
 type producer struct {
 	client   sarama.Client
 	version  int16
 	timeout  int32         // ms, the request's acks=all wait
-	giveUp   time.Duration // no retry starts later than this after a call began (PublishTimeout)
+	giveUp   time.Duration // a call sends nothing later than this after it began (PublishTimeout)
 	maxBatch int           // bytes of one partition's batch (MaxMessageBytes)
 	retries  int
 	backoff  time.Duration
@@ -178,15 +192,20 @@ type pending struct {
 	batch *sarama.RecordBatch
 	n     int    // records in batch
 	gen   uint64 // generation batch was numbered under
+	maybe bool   // the broker may have accepted batch's numbers (an attempt's outcome is unknown)
 	err   error  // final failure
 	last  error  // last retriable failure
 	tries int
 }
 
 // produce writes recs to topic and returns when every record is
-// acknowledged (acks=all) or failed for good.
-func (p *producer) produce(topic string, recs []outRecord) error {
-	deadline := time.Now().Add(p.giveUp)
+// acknowledged (acks=all) or failed for good. Nothing is sent once ctx
+// ends or p.giveUp has passed since the call began (the caller has had
+// its error): a call that waited that long for a partition behind another
+// call returns without sending, and a failed batch is not tried again.
+func (p *producer) produce(ctx context.Context, topic string, recs []outRecord) error {
+	ctx, cancel := context.WithTimeout(ctx, p.giveUp)
+	defer cancel()
 	parts, err := p.client.Partitions(topic)
 	if err != nil || len(parts) == 0 {
 		if err == nil {
@@ -233,7 +252,20 @@ func (p *producer) produce(topic string, recs []outRecord) error {
 		if len(round) == 0 {
 			break
 		}
-		if err := p.sendRound(topic, round, deadline); err != nil {
+		if err := ctx.Err(); err != nil {
+			// The caller has given up (its ctx, PublishTimeout) while
+			// this call waited for its partitions or between rounds:
+			// send nothing more.
+			for _, pd := range round {
+				if pd.batch != nil && pd.last != nil {
+					pd.giveUp(p, pd.last) // a retry that will not go
+				} else {
+					pd.giveUp(p, fmt.Errorf("records not sent: %w", err))
+				}
+			}
+			break
+		}
+		if err := p.sendRound(ctx, topic, round); err != nil {
 			return err
 		}
 	}
@@ -247,29 +279,11 @@ func (p *producer) produce(topic string, recs []outRecord) error {
 
 // sendRound sends the current batch of each of round's partitions, one
 // request per leader, all requests at once, and settles the answers.
-func (p *producer) sendRound(topic string, round []*pending, deadline time.Time) error {
-	pid, epoch, gen, err := p.identity()
-	for try := 0; err != nil; try++ {
-		// No producer ID (brokers unreachable): wait like a failed
-		// request would, within the retry budget.
-		if try >= p.retries || time.Now().After(deadline) {
-			return fmt.Errorf("producer ID: %w", err)
+func (p *producer) sendRound(ctx context.Context, topic string, round []*pending) error {
+	if slices.ContainsFunc(round, func(pd *pending) bool { return pd.batch == nil }) {
+		if err := p.number(ctx, round); err != nil {
+			return err
 		}
-		select {
-		case <-p.done:
-			return sarama.ErrShuttingDown
-		case <-time.After(p.backoff):
-		}
-		pid, epoch, gen, err = p.identity()
-	}
-	for _, pd := range round {
-		if pd.batch != nil && pd.gen == gen {
-			continue // a retry: same numbers
-		}
-		if pd.ps.gen != gen {
-			pd.ps.gen, pd.ps.seq = gen, 0
-		}
-		pd.buildBatch(p, pid, epoch, gen)
 	}
 	byLeader := map[*sarama.Broker][]*pending{}
 	var retry []*pending
@@ -300,6 +314,7 @@ func (p *producer) sendRound(topic string, round []*pending, deadline time.Time)
 				// retry with the same numbers is deduplicated.
 				_ = b.Close()
 				for _, pd := range group {
+					pd.maybe = true
 					pd.fail(p, err)
 					retry = append(retry, pd)
 				}
@@ -308,6 +323,7 @@ func (p *producer) sendRound(topic string, round []*pending, deadline time.Time)
 			for _, pd := range group {
 				blk := resp.GetBlock(topic, pd.p)
 				if blk == nil {
+					pd.maybe = true
 					pd.fail(p, sarama.ErrIncompleteResponse)
 					retry = append(retry, pd)
 					continue
@@ -317,14 +333,23 @@ func (p *producer) sendRound(topic string, round []*pending, deadline time.Time)
 				case kerr == sarama.ErrNoError || kerr == sarama.ErrDuplicateSequenceNumber:
 					pd.ack()
 				case producerStateLost(kerr):
+					// The broker lost this partition's state of
+					// the batch's producer ID: the only case that
+					// renumbers a batch (under a new ID).
 					p.reset(pd.gen)
-					pd.batch = nil // renumber under the new ID
+					pd.batch = nil
 					pd.fail(p, kerr)
 					retry = append(retry, pd)
 				case retriable(kerr):
+					if !refusedUnwritten(kerr) {
+						pd.maybe = true
+					}
 					pd.fail(p, kerr)
 					retry = append(retry, pd)
 				default:
+					if !refusedUnwritten(kerr) {
+						pd.maybe = true
+					}
 					pd.giveUp(p, kerr)
 				}
 			}
@@ -340,15 +365,20 @@ func (p *producer) sendRound(topic string, round []*pending, deadline time.Time)
 	if len(retry) == 0 {
 		return nil
 	}
-	if time.Now().After(deadline) {
-		// The caller has given up (PublishTimeout): stop holding the
-		// partitions.
+	if ctx.Err() != nil {
+		// The caller has given up (its ctx, PublishTimeout): stop
+		// holding the partitions.
 		for _, pd := range retry {
 			pd.giveUp(p, pd.last)
 		}
 		return nil
 	}
 	select {
+	case <-ctx.Done():
+		for _, pd := range retry {
+			pd.giveUp(p, pd.last)
+		}
+		return nil
 	case <-p.done:
 		for _, pd := range retry {
 			if pd.err == nil {
@@ -364,10 +394,45 @@ func (p *producer) sendRound(topic string, round []*pending, deadline time.Time)
 	return nil
 }
 
+// number builds a batch for each partition of round without one, under
+// the current producer ID. A partition with a batch keeps it, numbers
+// and producer ID included, even when the producer has taken a new ID
+// since: the batch may have been written by an attempt whose answer was
+// lost, and only its own numbers let the broker drop the duplicate.
+func (p *producer) number(ctx context.Context, round []*pending) error {
+	pid, epoch, gen, err := p.identity()
+	for try := 0; err != nil; try++ {
+		// No producer ID (brokers unreachable): wait like a failed
+		// request would, within the retry budget.
+		if try >= p.retries || ctx.Err() != nil {
+			return fmt.Errorf("producer ID: %w", err)
+		}
+		select {
+		case <-p.done:
+			return sarama.ErrShuttingDown
+		case <-ctx.Done():
+			return fmt.Errorf("producer ID: %w", err)
+		case <-time.After(p.backoff):
+		}
+		pid, epoch, gen, err = p.identity()
+	}
+	for _, pd := range round {
+		if pd.batch != nil {
+			continue // a retry: same producer ID, same numbers
+		}
+		if pd.ps.gen != gen {
+			// The partition's first batch under this ID.
+			pd.ps.gen, pd.ps.seq = gen, 0
+		}
+		pd.buildBatch(p, pid, epoch, gen)
+	}
+	return nil
+}
+
 // buildBatch numbers pd's next records (up to maxBatch bytes, at least
 // one) under pid and makes their record batch.
 func (pd *pending) buildBatch(p *producer, pid int64, epoch int16, gen uint64) {
-	size := 61 // record batch header
+	size := batchOverhead
 	end := pd.next
 	for end < len(pd.recs) && (end == pd.next || size+pd.recs[end].size <= p.maxBatch) {
 		size += pd.recs[end].size
@@ -391,7 +456,7 @@ func (pd *pending) buildBatch(p *producer, pid int64, epoch int16, gen uint64) {
 		FirstSequence:    pd.ps.seq,
 		Records:          rs,
 	}
-	pd.n, pd.gen = len(rs), gen
+	pd.n, pd.gen, pd.maybe = len(rs), gen, false
 }
 
 // ack counts pd's batch as written.
@@ -401,6 +466,7 @@ func (pd *pending) ack() {
 	}
 	pd.next += pd.n
 	pd.batch = nil
+	pd.maybe = false
 	pd.tries = 0
 }
 
@@ -414,15 +480,19 @@ func (pd *pending) fail(p *producer, err error) {
 	}
 }
 
-// giveUp ends pd with err. Whether its batch was written may be unknown,
-// so its sequence numbers can be neither reused nor skipped safely: the
-// producer ID is dropped and the next batch starts a new one at 0.
+// giveUp ends pd with err. When the broker may have accepted its batch's
+// numbers (an attempt's outcome is unknown), they can be neither reused
+// nor skipped safely: the producer ID is dropped and the next batch starts
+// a new one at 0. A batch only ever refused before being written (or
+// never sent) leaves the ID and the partition's sequence as they were: the
+// broker expects the same numbers next.
 func (pd *pending) giveUp(p *producer, err error) {
 	pd.err = err
-	if pd.batch != nil {
+	if pd.batch != nil && pd.maybe {
 		p.reset(pd.gen)
 	}
 	pd.batch = nil
+	pd.maybe = false
 }
 
 // nextSeq is seq advanced by n: Kafka's sequence numbers wrap from
@@ -437,6 +507,23 @@ func producerStateLost(err sarama.KError) bool {
 	switch err {
 	case sarama.ErrUnknownProducerID, sarama.ErrOutOfOrderSequenceNumber, sarama.ErrInvalidProducerEpoch,
 		sarama.ErrInvalidProducerIDMapping, sarama.ErrProducerFenced:
+		return true
+	}
+	return false
+}
+
+// refusedUnwritten reports answers a broker gives before it appends
+// anything of the batch: the batch's numbers were not accepted. Any other
+// failure (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND, an
+// unknown error, a lost connection) may come after the batch was written.
+func refusedUnwritten(err sarama.KError) bool {
+	switch err {
+	case sarama.ErrMessageSizeTooLarge, sarama.ErrMessageSetSizeTooLarge, sarama.ErrInvalidRecord,
+		sarama.ErrInvalidMessage, sarama.ErrInvalidTimestamp, sarama.ErrInvalidTopic, sarama.ErrInvalidRequiredAcks,
+		sarama.ErrUnsupportedForMessageFormat, sarama.ErrUnsupportedCompressionType,
+		sarama.ErrTopicAuthorizationFailed, sarama.ErrClusterAuthorizationFailed,
+		sarama.ErrUnknownTopicOrPartition, sarama.ErrLeaderNotAvailable, sarama.ErrNotLeaderForPartition,
+		sarama.ErrNotEnoughReplicas, sarama.ErrFencedLeaderEpoch, sarama.ErrUnknownLeaderEpoch:
 		return true
 	}
 	return false
