@@ -953,8 +953,12 @@ func (pt *partState) revoke() {
 	}
 	next := pt.commitPoint()
 	var mark func(int64)
-	if pt.last >= 0 && next > pt.marked {
-		pt.marked = next
+	if pt.last >= 0 {
+		// Mark even when an ack already moved pt.marked to next: ack and
+		// ackRun mark after unlocking, so that mark may not have happened
+		// yet, and the session commits as soon as this returns.
+		// MarkOffset only moves forward: marking twice is harmless.
+		pt.marked = max(pt.marked, next)
 		mark = pt.mark
 	}
 	pt.mu.Unlock()
