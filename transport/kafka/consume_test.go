@@ -491,3 +491,67 @@ func TestDeadLetterBeforeCommit(t *testing.T) {
 		t.Fatal("nothing on the dead-letter topic")
 	}
 }
+
+// At Concurrency 1, when a rebalance ends a member's group session, the
+// member starts no more handlers for the session's records: the partition
+// is revoked, and its next owner reads them again. The records of a run
+// (up to 128) kept being handed to the handler after the session ended,
+// stretching the rebalance. The test counts handler starts whose session
+// had already ended, until a handler of a later session runs (the
+// rebalance is over, so the count is final). A handler may start in the
+// moment between the Dispatcher's context check and the handler's own, so
+// one such start is tolerated.
+func TestRevokedPartitionStartsNoMoreHandlers(t *testing.T) {
+	o := testOptions(t)
+	o.Partitions = 1
+	a := newTransport(t, o)
+	b := newTransport(t, o)
+	ctx := context.Background()
+	topic, group := name(t, "t"), name(t, "g")
+	var ms []*message.Message
+	for i := range 300 {
+		ms = append(ms, &message.Message{ID: "m" + strconv.Itoa(i), Payload: []byte("x")})
+	}
+	if err := a.Publish(ctx, topic, ms...); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		first   sarama.ConsumerGroupSession // A's first session
+		handled int
+		late    int // starts for a session that had ended
+		later   bool
+	)
+	h := message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+		var sess sarama.ConsumerGroupSession
+		if !m.As(&sess) {
+			t.Error("message without its group session")
+			return nil
+		}
+		mu.Lock()
+		switch {
+		case first == nil:
+			first = sess
+		case sess != first:
+			later = true
+		}
+		if sess.Context().Err() != nil {
+			late++
+		}
+		handled++
+		mu.Unlock()
+		time.Sleep(10 * time.Millisecond) // work: the rebalance comes mid-run
+		return nil
+	})
+	so := transport.SubscribeOptions{Group: group, Start: transport.StartOldest, Concurrency: 1}
+	subscribe(t, a, topic, h, so)
+	waitFor(t, 20*time.Second, "A handling", func() bool { mu.Lock(); defer mu.Unlock(); return handled > 5 })
+	subscribe(t, b, topic, h, so) // the rebalance ends A's session
+	waitFor(t, 30*time.Second, "a handler of a later session", func() bool { mu.Lock(); defer mu.Unlock(); return later })
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d handler starts, %d for an ended session", handled, late)
+	if late > 1 {
+		t.Errorf("%d handlers started for records of an ended session, want at most 1", late)
+	}
+}
