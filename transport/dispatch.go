@@ -133,15 +133,19 @@ func (d *Dispatcher) Context() context.Context { return d.ctx }
 // It blocks while MaxInFlight messages are unsettled (and, with
 // Concurrency 1, while the handler runs: such a call runs the handler in
 // the caller's goroutine, one call at a time), and returns
-// ctx.Err() when ctx ends first or ErrClosed after Stop; the message was
+// ctx.Err() when ctx ends first, or ErrClosed after Stop or once the
+// handlers' context ended (Cancel, or the Subscribe ctx); the message was
 // then not taken and a is untouched: the caller must leave it for
-// redelivery.
+// redelivery (it was not run, so it should not count as an attempt).
 func (d *Dispatcher) Deliver(ctx context.Context, m *message.Message, a Acker) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if _, err := d.sem.acquire(ctx, d.ctx.Done(), 1); err != nil {
 		return err
 	}
 	d.jobs.Add(1)
-	if d.stopped.Load() {
+	if d.stopped.Load() || d.ctx.Err() != nil {
 		d.sem.release(1)
 		d.jobDone()
 		return ErrClosed

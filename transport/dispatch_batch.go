@@ -10,7 +10,8 @@ import (
 // Deliver would: at(i) returns the i-th message and its Acker, and is
 // called once per message taken, in order. It returns how many were
 // taken; when that is below n the error says why (ctx.Err() when ctx
-// ended first, ErrClosed after Stop) and messages from that index on were
+// ended first, ErrClosed after Stop or once the handlers' context ended)
+// and messages from that index on were
 // not taken (their Ackers are untouched: the caller must leave them for
 // redelivery).
 //
@@ -24,12 +25,15 @@ import (
 // together and each message goes to a worker as with Deliver.
 func (d *Dispatcher) DeliverBatch(ctx context.Context, n int, at func(i int) (*message.Message, Acker)) (int, error) {
 	for i := 0; i < n; {
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
 		k, err := d.sem.acquire(ctx, d.ctx.Done(), n-i)
 		if err != nil {
 			return i, err
 		}
 		d.jobs.Add(int64(k))
-		if d.stopped.Load() {
+		if d.stopped.Load() || d.ctx.Err() != nil {
 			d.sem.release(k)
 			d.jobsDone(k)
 			return i, ErrClosed

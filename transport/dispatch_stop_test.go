@@ -96,45 +96,76 @@ func TestDispatcherCancelSettlesQueuedKey(t *testing.T) {
 // A hard stop never dead-letters or drops a message for running out of
 // attempts: not one that was never started, nor one whose handler returned
 // the stop's ctx.Err(). A Permanent error during a stop still is
-// dead-lettered.
+// dead-lettered. And once the handlers' context ended, Deliver refuses a
+// message (ErrClosed, Acker untouched) instead of taking it only to nack
+// it: the broker keeps it without counting an attempt.
 func TestDispatcherHardStopKeepsLastAttempt(t *testing.T) {
 	for _, conc := range []int{1, 2} {
-		for _, dlq := range []string{"", "jobs.dlq"} {
-			var ran atomic.Int32
-			var mu sync.Mutex
-			var outcomes []transport.Outcome
-			var dead atomic.Int32
-			d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
-				ran.Add(1)
-				return nil
-			}), transport.DispatchOptions{
-				Subscribe: transport.SubscribeOptions{Concurrency: conc, MaxAttempts: 3, DeadLetterTopic: dlq,
-					Settled: func(_ context.Context, _ *message.Message, s transport.Settlement) {
-						mu.Lock()
-						outcomes = append(outcomes, s.Outcome)
-						mu.Unlock()
-					}},
-				DeadLetter: func(context.Context, string, *message.Message) error { dead.Add(1); return nil },
-			})
-			d.Cancel()
-			a := &countAcker{}
-			if err := d.Deliver(context.Background(), &message.Message{ID: "x", Attempt: 3}, a); err != nil {
-				// Refused outright (not taken): the broker keeps it.
-				t.Logf("conc %d: Deliver after Cancel: %v", conc, err)
-			} else if a.nacks.Load() != 1 || a.acks.Load() != 0 || dead.Load() != 0 || ran.Load() != 0 {
-				t.Errorf("conc %d dlq %q: never-started last attempt: %d acks, %d nacks, %d dead letters, ran %d; want one nack",
-					conc, dlq, a.acks.Load(), a.nacks.Load(), dead.Load(), ran.Load())
-			}
-			_ = d.Stop(context.Background())
-			mu.Lock()
-			for _, o := range outcomes {
-				if o != transport.Nacked {
-					t.Errorf("conc %d dlq %q: outcome %v, want Nacked", conc, dlq, o)
-				}
-			}
-			mu.Unlock()
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(context.Context, *message.Message) error {
+			t.Error("a handler ran after Cancel")
+			return nil
+		}), transport.DispatchOptions{Subscribe: transport.SubscribeOptions{Concurrency: conc, MaxAttempts: 3}})
+		d.Cancel()
+		a := &countAcker{}
+		if err := d.Deliver(context.Background(), &message.Message{ID: "x", Attempt: 3}, a); !errors.Is(err, transport.ErrClosed) {
+			t.Errorf("conc %d: Deliver after Cancel = %v, want ErrClosed", conc, err)
 		}
+		n, err := d.DeliverBatch(context.Background(), 2, func(int) (*message.Message, transport.Acker) {
+			t.Error("DeliverBatch took a message after Cancel")
+			return &message.Message{ID: "y"}, a
+		})
+		if n != 0 || !errors.Is(err, transport.ErrClosed) {
+			t.Errorf("conc %d: DeliverBatch after Cancel = %d, %v; want 0, ErrClosed", conc, n, err)
+		}
+		if a.acks.Load()+a.nacks.Load() != 0 {
+			t.Errorf("conc %d: a refused message was settled", conc)
+		}
+		_ = d.Stop(context.Background())
 	}
+
+	// Taken but never started: a message waiting for a busy worker when
+	// the hard stop comes, on its last attempt, with a dead-letter topic.
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var dead atomic.Int32
+		var mu sync.Mutex
+		var outcomes []transport.Outcome
+		d := transport.NewDispatcher(context.Background(), message.HandlerFunc(func(ctx context.Context, m *message.Message) error {
+			if m.ID == "busy" {
+				<-release
+				return nil
+			}
+			t.Errorf("%s ran after the hard stop", m.ID)
+			return nil
+		}), transport.DispatchOptions{
+			Subscribe: transport.SubscribeOptions{Concurrency: 2, MaxAttempts: 3, DeadLetterTopic: "jobs.dlq",
+				Settled: func(_ context.Context, m *message.Message, s transport.Settlement) {
+					mu.Lock()
+					outcomes = append(outcomes, s.Outcome)
+					mu.Unlock()
+				}},
+			DeadLetter: func(context.Context, string, *message.Message) error { dead.Add(1); return nil },
+		})
+		for range 2 {
+			if err := d.Deliver(context.Background(), &message.Message{ID: "busy"}, &countAcker{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		a := &countAcker{}
+		taken := make(chan error, 1)
+		go func() { taken <- d.Deliver(context.Background(), &message.Message{ID: "last", Attempt: 3}, a) }()
+		synctest.Wait() // waiting for a worker
+		d.Cancel()
+		if err := <-taken; err != nil {
+			t.Fatalf("Deliver: %v (it was taken before the stop)", err)
+		}
+		close(release)
+		_ = d.Stop(context.Background())
+		if a.nacks.Load() != 1 || a.acks.Load() != 0 || dead.Load() != 0 {
+			t.Errorf("never-started last attempt: %d acks, %d nacks, %d dead letters; want one nack", a.acks.Load(), a.nacks.Load(), dead.Load())
+		}
+	})
 
 	// The handler returns the stop's ctx.Err() on the last attempt: nacked.
 	// A Permanent error in the same situation: dead-lettered.
