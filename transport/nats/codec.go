@@ -16,6 +16,10 @@ import (
 const (
 	// hdrMsgID carries Message.ID; JetStream de-duplicates on it.
 	hdrMsgID = jetstream.MsgIDHeader // "Nats-Msg-Id"
+	// hdrID carries Message.ID when Nats-Msg-Id holds a scoped
+	// de-duplication ID instead (see dedupID); a receiver takes the ID
+	// from it when it is present.
+	hdrID = "Courier-Id"
 	// hdrKey carries Message.Key.
 	hdrKey = "Courier-Key"
 	// hdrQuoted marks a message whose ID, key and header values are
@@ -32,7 +36,36 @@ func reservedHeader(k string) bool {
 	if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") {
 		return true
 	}
-	return k == hdrKey || k == hdrQuoted
+	return k == hdrKey || k == hdrQuoted || k == hdrID
+}
+
+// dedupID is the Nats-Msg-Id JetStream de-duplicates m on, or "" when it
+// is m.ID itself. A bound stream (bound != "") holds many topics, so the
+// ID is scoped by the subject: distinct topics never drop each other's
+// messages. A dead-letter copy keeps the original's ID, so it is scoped
+// by the topic and group that dead-lettered it: it is neither dropped as
+// a duplicate of the original (same stream) nor of another group's copy.
+// The scoped form is the quoted parts joined by spaces, so it never needs
+// the codec's quoting and two distinct scopes never collide.
+func dedupID(bound, subject string, m *message.Message) string {
+	dlTopic, isDL := m.Headers[message.HeaderDeadLetterTopic]
+	dlGroup, hasGroup := m.Headers[message.HeaderDeadLetterGroup]
+	if bound == "" && !isDL && !hasGroup {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(strconv.Quote(m.ID))
+	if bound != "" {
+		b.WriteString(" subject=")
+		b.WriteString(strconv.Quote(subject))
+	}
+	if isDL || hasGroup {
+		b.WriteString(" dead-letter-topic=")
+		b.WriteString(strconv.Quote(dlTopic))
+		b.WriteString(" dead-letter-group=")
+		b.WriteString(strconv.Quote(dlGroup))
+	}
+	return b.String()
 }
 
 // validHeaderKey mirrors nats.go's rule: printable ASCII without
@@ -64,15 +97,16 @@ func needsQuote(v string) bool {
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // encode turns m into a nats.Msg for subject. It returns an error for a
-// header the wire cannot carry.
-func encode(i int, subject string, m *message.Message) (*nats.Msg, error) {
+// header the wire cannot carry. dedup, when not empty, is the
+// Nats-Msg-Id (dedupID) and m.ID travels in Courier-Id.
+func encode(i int, subject string, m *message.Message, dedup string) (*nats.Msg, error) {
 	quote := needsQuote(m.ID) || needsQuote(m.Key)
 	for k, v := range m.Headers {
 		if !validHeaderKey(k) {
 			return nil, fmt.Errorf("%w: message %d (id %q): header name %q: NATS header names are printable ASCII without spaces or any of \"()/,:;<=>?@[\\]{}", transport.ErrInvalidMessage, i, m.ID, k)
 		}
 		if reservedHeader(k) {
-			return nil, fmt.Errorf("%w: message %d (id %q): header name %q is reserved (Nats-*, %s, %s)", transport.ErrInvalidMessage, i, m.ID, k, hdrKey, hdrQuoted)
+			return nil, fmt.Errorf("%w: message %d (id %q): header name %q is reserved (Nats-*, %s, %s, %s)", transport.ErrInvalidMessage, i, m.ID, k, hdrKey, hdrQuoted, hdrID)
 		}
 		if !quote && needsQuote(v) {
 			quote = true
@@ -82,11 +116,16 @@ func encode(i int, subject string, m *message.Message) (*nats.Msg, error) {
 	if quote {
 		q = strconv.Quote
 	}
-	h := make(nats.Header, len(m.Headers)+3)
+	h := make(nats.Header, len(m.Headers)+4)
 	for k, v := range m.Headers {
 		h[k] = []string{q(v)}
 	}
-	h[hdrMsgID] = []string{q(m.ID)}
+	if dedup != "" {
+		h[hdrMsgID] = []string{dedup}
+		h[hdrID] = []string{q(m.ID)}
+	} else {
+		h[hdrMsgID] = []string{q(m.ID)}
+	}
 	if m.Key != "" {
 		h[hdrKey] = []string{q(m.Key)}
 	}
@@ -130,8 +169,12 @@ func decodeInto(m *message.Message, topic string, hdr nats.Header, data []byte) 
 		uq = strconv.Unquote
 	}
 	var err error
-	if m.ID, err = uq(hdr.Get(hdrMsgID)); err != nil {
-		return fmt.Errorf("natstransport: malformed quoted %s: %w", hdrMsgID, err)
+	idHdr := hdrMsgID
+	if _, ok := hdr[hdrID]; ok {
+		idHdr = hdrID // Nats-Msg-Id is a scoped de-duplication ID
+	}
+	if m.ID, err = uq(hdr.Get(idHdr)); err != nil {
+		return fmt.Errorf("natstransport: malformed quoted %s: %w", idHdr, err)
 	}
 	if k := hdr.Get(hdrKey); k != "" {
 		if m.Key, err = uq(k); err != nil {

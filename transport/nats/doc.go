@@ -62,11 +62,35 @@
 // message is never reported published unless the server stored it. Each
 // acknowledgement is awaited at most APITimeout (5s) beyond which the call
 // fails with ErrNoAck (for example when the connection dropped with the
-// publish in flight); a retry is safe, because Message.ID travels as
-// Nats-Msg-Id and the stream drops a message whose ID it stored within its
-// duplicate window (the retry is acknowledged as a duplicate). During a reconnect, publishes
-// are buffered by nats.go (ReconnectBufSize) and succeed once the server
-// acknowledges them, or fail.
+// publish in flight); a retry is safe, because of de-duplication (below).
+// During a reconnect, publishes are buffered by nats.go (ReconnectBufSize)
+// and succeed once the server acknowledges them, or fail.
+//
+// De-duplication: JetStream drops a message whose Nats-Msg-Id the same
+// stream stored within its duplicate window (duplicate_window, 2 minutes
+// by default, or the bound stream's own setting), acknowledging the
+// publish as a duplicate (logged at Debug) without storing it. The
+// Nats-Msg-Id is:
+//
+//   - Message.ID, for a message to a topic with its own stream;
+//   - with Options.Stream (one stream for all topics), Message.ID scoped
+//     by the subject, so distinct topics never drop each other's messages;
+//   - for a dead-letter copy (a message carrying the courier-dlq-topic or
+//     courier-dlq-group header, as transport.DeadLetterMessage and
+//     middleware.DeadLetter set), Message.ID further scoped by those two
+//     headers: the copy keeps the original's ID, yet is never dropped as a
+//     duplicate of the original (same bound stream) or of another group's
+//     copy of the same message.
+//
+// So a retry of the same message to the same topic within the window is
+// stored once, and so is a distinct message that reuses an ID of that
+// topic within the window (IDs must be unique per topic). A scoped
+// Nats-Msg-Id is the parts strconv.Quote'd and joined by spaces, for
+// example "m-1" subject="courier.orders" (quotes included), and
+// Message.ID then travels in a
+// Courier-Id header, from which a receiver takes it: consumers see the
+// original ID either way. (An adapter from before this rule reads such a
+// message's ID from Nats-Msg-Id, scoped, with Courier-Id as a header.)
 //
 // Subscribe pulls with a prefetch of MaxInFlight messages
 // (jetstream Messages with PullMaxMessages) and hands them to the shared
@@ -111,7 +135,8 @@
 //
 // # Wire format
 //
-// Message.ID is the Nats-Msg-Id header (a message received without one,
+// Message.ID is the Courier-Id header when present, else the Nats-Msg-Id
+// header (see De-duplication; a message received without either,
 // published by a plain NATS client, gets "<stream>:<sequence>", stable
 // across redeliveries), Message.Key the Courier-Key header,
 // Headers are NATS headers with their exact names, the payload is the NATS
@@ -120,7 +145,7 @@
 // is sent with every one of them strconv.Quote'd and a Courier-Quoted: 1
 // header, and decoded back byte-exact. Header names must be printable ASCII
 // without spaces or any of "()/,:;<=>?@[\]{}; names starting with "Nats-"
-// (any case), Courier-Key and Courier-Quoted are reserved. Both are
+// (any case), Courier-Key, Courier-Quoted and Courier-Id are reserved. Both are
 // transport.ErrInvalidMessage at Publish.
 //
 // # URL
@@ -186,7 +211,8 @@
 // returns transport.ErrUnsupported there.
 //
 // Limits: MaxPayload is the server's max_payload (1 MiB by default) less
-// the header framing of a 64-byte ID; MaxMessage is max_payload less the
+// the header framing of a 64-byte ID (with Options.Stream, also less the
+// Courier-Id header and the scope of a subject up to 256 bytes); MaxMessage is max_payload less the
 // framing of the ID header. A key and each header cost their name and 4
 // bytes of framing on the wire, which Publish checks exactly: a message
 // whose encoded size exceeds max_payload fails the call before anything is

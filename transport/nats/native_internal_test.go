@@ -5,6 +5,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/courierkit/courier/message"
 )
 
 // fakeJSMsg is as much of a jetstream.Msg as receive reads.
@@ -81,5 +83,63 @@ func TestCoreMessageAllocations(t *testing.T) {
 	}
 	if got.ID != "id-2" || got.Headers.Get("X-App") != "v" {
 		t.Errorf("message %+v", got)
+	}
+}
+
+// The Nats-Msg-Id of an ordinary message in per-topic-stream mode is its
+// ID, as before; a dead-letter copy or a bound stream scope it, and the ID
+// travels in Courier-Id, decoded back unchanged (quoted or not).
+func TestDedupIDWire(t *testing.T) {
+	plain := &message.Message{ID: "id-1", Payload: []byte("x")}
+	msg, err := encode(0, "courier.t", plain, dedupID("", "courier.t", plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Header.Get(hdrMsgID); got != "id-1" || msg.Header.Get(hdrID) != "" {
+		t.Fatalf("ordinary message: Nats-Msg-Id %q, Courier-Id %q", got, msg.Header.Get(hdrID))
+	}
+	dl := func(id, topic, group string) *message.Message {
+		return &message.Message{ID: id, Headers: message.Header{message.HeaderDeadLetterTopic: topic, message.HeaderDeadLetterGroup: group}}
+	}
+	ids := map[string]string{}
+	for name, c := range map[string]struct {
+		bound, subject string
+		m              *message.Message
+	}{
+		"bound a":        {"S", "courier.a", plain},
+		"bound b":        {"S", "courier.b", plain},
+		"dl g1":          {"", "courier.dlq", dl("id-1", "orders", "g1")},
+		"dl g2":          {"", "courier.dlq", dl("id-1", "orders", "g2")},
+		"dl ambiguous":   {"", "courier.dlq", dl("id-1", "orders\" dead-letter-group=\"g1", "")},
+		"dl quoted id":   {"", "courier.dlq", dl(" id-1\n", "orders", "g1")},
+		"bound dl":       {"S", "courier.dlq", dl("id-1", "orders", "g1")},
+		"bound dl other": {"S", "courier.dlq", dl("id-1", "other", "g1")},
+	} {
+		d := dedupID(c.bound, c.subject, c.m)
+		if d == "" || d == c.m.ID {
+			t.Fatalf("%s: not scoped: %q", name, d)
+		}
+		if prev, dup := ids[d]; dup {
+			t.Fatalf("%s and %s share Nats-Msg-Id %q", name, prev, d)
+		}
+		ids[d] = name
+		msg, err := encode(0, c.subject, c.m, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get(hdrMsgID) != d {
+			t.Errorf("%s: Nats-Msg-Id %q, want %q", name, msg.Header.Get(hdrMsgID), d)
+		}
+		got, err := decode("t", msg.Header, msg.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID != c.m.ID || len(got.Headers) != len(c.m.Headers) {
+			t.Errorf("%s: decoded %+v, want ID %q and headers %v", name, got, c.m.ID, c.m.Headers)
+		}
+	}
+	// Courier-Id is the adapter's: a user header of that name is refused.
+	if _, err := encode(0, "courier.t", &message.Message{ID: "x", Headers: message.Header{"Courier-Id": "y"}}, ""); err == nil {
+		t.Error("a user header Courier-Id was accepted")
 	}
 }

@@ -162,6 +162,12 @@ func (t *Transport) capabilities() transport.Capabilities {
 	max := int(t.nc.MaxPayload())
 	// "NATS/1.0\r\n" + "\r\n" + "Nats-Msg-Id: " + 64-byte ID + "\r\n"
 	idOverhead := len("NATS/1.0\r\n") + 2 + len(hdrMsgID) + 4 + 64
+	if t.o.Stream != "" && !t.o.Core {
+		// Bound stream: the ID also travels in Courier-Id, and
+		// Nats-Msg-Id is the quoted ID scoped by the subject (dedupID);
+		// room for a subject of up to 256 bytes.
+		idOverhead += len(hdrID) + 4 + 64 + 2 + len(" subject=") + 2 + 256
+	}
 	lim := transport.Limits{
 		MaxPayload: max - idOverhead,
 		// ID and payload with the framing of the ID header; a key and
@@ -331,9 +337,9 @@ func (t *Transport) forgetStream(topic string) {
 
 // Publish sends msgs to topic. In JetStream mode it returns once the
 // server stored every message (one acknowledged publish, or asynchronous
-// publishes with every acknowledgement awaited); a message whose ID the
-// stream saw within its duplicate window is acknowledged but not stored
-// again. In core mode it returns once the server received them (flush).
+// publishes with every acknowledgement awaited); a message the stream
+// de-duplicates (same topic and ID within its duplicate window; see the
+// package doc) is acknowledged but not stored again. In core mode it returns once the server received them (flush).
 // A message over the server's max_payload fails the whole call before
 // anything is sent, with a *transport.LimitError.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
@@ -359,7 +365,11 @@ func (t *Transport) publish(ctx context.Context, topic string, msgs []*message.M
 	max := int(t.nc.MaxPayload())
 	nm := make([]*nats.Msg, len(msgs))
 	for i, m := range msgs {
-		msg, err := encode(i, subj, m)
+		var dedup string
+		if !t.o.Core {
+			dedup = dedupID(t.o.Stream, subj, m)
+		}
+		msg, err := encode(i, subj, m, dedup)
 		if err != nil {
 			return err
 		}
@@ -415,9 +425,11 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 		return t.wrap(fmt.Sprintf("natstransport: publish message %d to %q", i, nm[i].Subject), err)
 	}
 	if len(nm) == 1 {
-		if _, err := t.js.PublishMsg(ctx, nm[0]); err != nil {
+		ack, err := t.js.PublishMsg(ctx, nm[0])
+		if err != nil {
 			return noAck(0, err)
 		}
+		t.logDuplicate(nm[0], ack)
 		return nil
 	}
 	// Asynchronous publishes in windows, every acknowledgement awaited.
@@ -439,7 +451,8 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 		}
 		for j, f := range futs {
 			select {
-			case <-f.Ok():
+			case ack := <-f.Ok():
+				t.logDuplicate(nm[start+j], ack)
 			case err := <-f.Err():
 				errs = append(errs, noAck(start+j, err))
 			case <-ctx.Done():
@@ -451,6 +464,17 @@ func (t *Transport) publishJS(ctx context.Context, nm []*nats.Msg) error {
 		}
 	}
 	return nil
+}
+
+// logDuplicate logs, at Debug, a publish the stream acknowledged without
+// storing it: a message with the same Nats-Msg-Id was stored within the
+// stream's duplicate window (a retry, or a distinct message reusing an
+// ID).
+func (t *Transport) logDuplicate(msg *nats.Msg, ack *jetstream.PubAck) {
+	if ack == nil || !ack.Duplicate {
+		return
+	}
+	t.log.Debug("natstransport: publish de-duplicated: the stream already holds a message with this Nats-Msg-Id within its duplicate window", "subject", msg.Subject, "nats_msg_id", msg.Header.Get(hdrMsgID), "stream", ack.Stream, "sequence", ack.Sequence)
 }
 
 func (t *Transport) publishCore(ctx context.Context, nm []*nats.Msg) error {
