@@ -120,6 +120,17 @@
 // their SHA-256 (hex) in those two fields only. SubscribeOptions
 // .OrderedByKey is supported only with FIFO.
 //
+// AWS may return several messages of one message group in one
+// ReceiveMessage. With OrderedByKey a subscription hands one message of a
+// group at a time to its handlers, the next only once the previous one was
+// deleted (acked, or moved to a dead-letter topic or queue). When it fails
+// instead (nacked, or returned unstarted as the subscription stops), the
+// messages received behind it are made visible again without running
+// (before the failed one is), so SQS redelivers the group in order,
+// starting with the failed message; their ApproximateReceiveCount
+// (Message.Attempt) still goes up by one, as SQS counts receives, not
+// handler runs.
+//
 // # Attribute packing
 //
 // SQS and SNS carry at most 10 message attributes and 256 KiB per message

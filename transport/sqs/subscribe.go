@@ -85,6 +85,10 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 		inflight:  map[*inflight]struct{}{},
 		tokens:    make(chan struct{}, so.MaxInFlight),
 		acquiring: make(chan struct{}, 1),
+		gwake:     make(chan struct{}, 1),
+	}
+	if so.OrderedByKey {
+		s.groups = map[string][]*inflight{}
 	}
 	return s.run(ctx, h)
 }
@@ -148,6 +152,15 @@ type sub struct {
 
 	mu       sync.Mutex
 	inflight map[*inflight]struct{}
+
+	// With OrderedByKey (FIFO), one message per message group is with the
+	// Dispatcher at a time; the others received with it wait in groups
+	// (see admit and groupSettled).
+	gmu     sync.Mutex
+	groups  map[string][]*inflight // busy groups: the messages waiting behind the running one
+	gready  []*inflight            // group heads to hand to the Dispatcher next
+	gwake   chan struct{}          // signals gready (capacity 1)
+	gclosed bool                   // no more hand-offs: waiting messages are released
 }
 
 // inflight is a received message not yet settled.
@@ -157,6 +170,8 @@ type inflight struct {
 	mu       sync.Mutex
 	deadline time.Time // when its visibility ends; guarded by mu
 	settled  bool
+	group    string // FIFO message group when sequenced (OrderedByKey), else ""
+	head     bool   // handed on as its group's running message; guarded by sub.gmu
 }
 
 func (s *sub) run(ctx context.Context, h message.Handler) error {
@@ -198,7 +213,19 @@ func (s *sub) run(ctx context.Context, h message.Handler) error {
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
-		for inf := range s.recv {
+		defer s.closeGroups()
+		for {
+			inf, ok := s.nextReady()
+			if !ok {
+				select {
+				case inf, ok = <-s.recv:
+					if !ok {
+						return
+					}
+				case <-s.gwake:
+					continue
+				}
+			}
 			if rctx.Err() != nil {
 				s.release(inf)
 				continue
@@ -304,11 +331,15 @@ func (s *sub) receive(ctx context.Context) error {
 		if got > 0 {
 			t.o.Logger.Debug("sqstransport: received", "queue", s.queue, "count", got, "asked", n)
 		}
+		infs := make([]*inflight, len(out.Messages))
 		for i := range out.Messages {
 			inf := s.received(out.Messages[i], sent.Add(time.Duration(s.vis)*time.Second))
 			s.mu.Lock()
 			s.inflight[inf] = struct{}{}
 			s.mu.Unlock()
+			infs[i] = inf
+		}
+		for _, inf := range s.admit(infs) {
 			select {
 			case s.recv <- inf:
 			case <-ctx.Done():
@@ -361,7 +392,121 @@ func (s *sub) received(sm sqstypes.Message, deadline time.Time) *inflight {
 	inf := &inflight{sm: sm, deadline: deadline}
 	inf.m = s.toMessage(&inf.sm)
 	inf.m.SetNative(inf)
+	if s.groups != nil {
+		inf.group = sm.Attributes[string(sqstypes.MessageSystemAttributeNameMessageGroupId)]
+		if inf.group == "" {
+			inf.group = inf.m.Key
+		}
+	}
 	return inf
+}
+
+// A FIFO queue may return several messages of one message group in one
+// ReceiveMessage (AWS does; goaws returns one per group). With
+// OrderedByKey the subscription hands only one message of a group at a
+// time to the Dispatcher, and the next one only once it was settled for
+// good (deleted or moved to a dead-letter queue): when it fails instead
+// (nacked, or released unstarted), the messages received behind it are
+// made visible again without running, so SQS redelivers the group in
+// order, the failed message first. Without this, the later messages of
+// the group would run (and be deleted) before the failed one's redelivery.
+
+// admit returns the messages of one ReceiveMessage to hand to the
+// Dispatcher now; the others wait behind their group's running message.
+// The whole batch is admitted at once, so that a message cannot become
+// its group's head because the one before it in the same batch already
+// failed.
+func (s *sub) admit(infs []*inflight) []*inflight {
+	if s.groups == nil {
+		return infs
+	}
+	heads := infs[:0:0]
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	for _, inf := range infs {
+		if inf.group == "" {
+			heads = append(heads, inf)
+			continue
+		}
+		if q, busy := s.groups[inf.group]; busy {
+			s.groups[inf.group] = append(q, inf)
+			continue
+		}
+		s.groups[inf.group] = nil
+		inf.head = true
+		heads = append(heads, inf)
+	}
+	return heads
+}
+
+// nextReady returns a group's next message to hand to the Dispatcher.
+func (s *sub) nextReady() (*inflight, bool) {
+	if s.groups == nil {
+		return nil, false
+	}
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if len(s.gready) == 0 {
+		return nil, false
+	}
+	inf := s.gready[0]
+	s.gready[0] = nil
+	s.gready = s.gready[1:]
+	return inf, true
+}
+
+// groupSettled is called when inf, its group's running message, was
+// settled: gone reports that it left the queue (deleted, or moved to a
+// dead-letter queue). The group's next message is then queued for the
+// Dispatcher; otherwise every message waiting behind inf is made visible
+// again, unrun, before inf itself is (the caller does that after).
+func (s *sub) groupSettled(inf *inflight, gone bool) {
+	if s.groups == nil || inf.group == "" {
+		return
+	}
+	s.gmu.Lock()
+	if !inf.head {
+		s.gmu.Unlock()
+		return
+	}
+	inf.head = false
+	q := s.groups[inf.group]
+	if gone && !s.gclosed && len(q) > 0 {
+		next := q[0]
+		q[0] = nil
+		s.groups[inf.group] = q[1:]
+		next.head = true
+		s.gready = append(s.gready, next)
+		s.gmu.Unlock()
+		select {
+		case s.gwake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	delete(s.groups, inf.group)
+	s.gmu.Unlock()
+	for _, w := range q {
+		s.release(w)
+	}
+}
+
+// closeGroups ends the hand-offs once the delivery loop is done: group
+// heads not handed on yet are released, and with them the messages
+// waiting behind them; the messages waiting behind a running one are
+// released when it settles.
+func (s *sub) closeGroups() {
+	if s.groups == nil {
+		return
+	}
+	s.gmu.Lock()
+	s.gclosed = true
+	ready := s.gready
+	s.gready = nil
+	s.gmu.Unlock()
+	for _, inf := range ready {
+		s.release(inf)
+	}
 }
 
 func (s *sub) toMessage(sm *sqstypes.Message) *message.Message {
@@ -418,6 +563,7 @@ func (s *sub) release(inf *inflight) {
 	if !s.finish(inf) {
 		return
 	}
+	s.groupSettled(inf, false)
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	secs := int32(0)
@@ -593,6 +739,7 @@ func (a *acker) Ack(ctx context.Context) error {
 		return nil
 	}
 	a.s.acks <- deref(a.inf.sm.ReceiptHandle)
+	a.s.groupSettled(a.inf, true)
 	return nil
 }
 
@@ -602,6 +749,7 @@ func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
 	if !a.s.finish(a.inf) {
 		return nil
 	}
+	a.s.groupSettled(a.inf, false)
 	secs := int32(0)
 	if delay > 0 || a.s.t.o.FIFO && a.s.t.o.Goaws {
 		secs = visibilitySeconds(delay)
@@ -622,6 +770,7 @@ func (a *acker) Term(ctx context.Context, reason string) error {
 		s.t.o.Logger.Error("sqstransport: message failed permanently and neither a dead-letter topic nor a redrive policy is configured; deleted",
 			"topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
 		s.acks <- deref(sm.ReceiptHandle)
+		s.groupSettled(a.inf, true)
 		return nil
 	}
 	in := &sqs.SendMessageInput{QueueUrl: aws.String(s.redrive), MessageBody: sm.Body, MessageAttributes: sm.MessageAttributes}
@@ -630,10 +779,12 @@ func (a *acker) Term(ctx context.Context, reason string) error {
 	}
 	if _, err := s.t.sqs.SendMessage(ctx, in); err != nil {
 		// Keep it: SQS's own redrive moves it after MaxReceiveCount.
+		s.groupSettled(a.inf, false)
 		_ = s.changeVisibility(ctx, a.inf, 0)
 		return fmt.Errorf("sqstransport: move to dead-letter queue: %w", s.t.scrub(err))
 	}
 	s.t.o.Logger.Warn("sqstransport: message failed permanently; moved to the redrive dead-letter queue", "topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
 	s.acks <- deref(sm.ReceiptHandle)
+	s.groupSettled(a.inf, true)
 	return nil
 }
