@@ -46,7 +46,12 @@
 // where Start says, is deleted when Subscribe returns, and is removed by the
 // server EphemeralInactiveThreshold (30s) after its client vanished. If it
 // disappears while the subscription runs (a server restart that does not
-// keep it), it is recreated at the oldest unsettled stream sequence. A
+// keep it), it is recreated at the oldest stream sequence the server still
+// waits an ack for: a message a handler holds, or one nacked (with or
+// without a delay) and not yet delivered again; else after the last
+// received message. Newer messages already acked are then delivered
+// again (at-least-once), and a nacked message is delivered again at once,
+// its delay cut short; Attempt restarts at 1 with the new consumer. A
 // group's durable consumer deleted under a running subscription (by an
 // operator) is recreated too, logged at Warn; Start applies to it again, so
 // messages published between the deletion and the re-creation are not

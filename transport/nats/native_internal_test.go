@@ -143,3 +143,42 @@ func TestDedupIDWire(t *testing.T) {
 		t.Error("a user header Courier-Id was accepted")
 	}
 }
+
+// An ephemeral subscription remembers nacked sequences until they come
+// back, so a recreated consumer starts at the oldest; a recreated
+// consumer's first message drops those the stream no longer holds.
+func TestResumeSeqKeepsNacked(t *testing.T) {
+	s := &jsSub{topic: "t", inflight: make(map[*jsAcker]struct{})}
+	msg := func(seq uint64) *fakeJSMsg {
+		return &fakeJSMsg{hdr: nats.Header{hdrMsgID: {"id"}}, md: &jetstream.MsgMetadata{NumDelivered: 1, Sequence: jetstream.SequencePair{Stream: seq}, Stream: "S"}}
+	}
+	var dvs []delivery
+	for _, seq := range []uint64{3, 5, 7} {
+		dv, ok := s.receive(msg(seq))
+		if !ok {
+			t.Fatal("receive refused the message")
+		}
+		dvs = append(dvs, dv)
+	}
+	s.untrackNacked(dvs[0].a) // 3 nacked
+	s.untrackNacked(dvs[1].a) // 5 nacked
+	s.untrack(dvs[2].a)       // 7 acked
+	if got := s.resumeSeq(); got != 3 {
+		t.Fatalf("resumeSeq %d, want 3 (oldest nacked)", got)
+	}
+	if dv, ok := s.receive(msg(3)); !ok {
+		t.Fatal("receive refused")
+	} else {
+		s.untrack(dv.a) // 3 came back and was acked
+	}
+	if got := s.resumeSeq(); got != 5 {
+		t.Fatalf("resumeSeq %d, want 5", got)
+	}
+	// Recreated at 5, its first message is 7: 5 is gone from the stream.
+	s.resumed = true
+	dv, _ := s.receive(msg(7))
+	s.untrack(dv.a)
+	if got := s.resumeSeq(); got != 8 {
+		t.Fatalf("resumeSeq %d, want 8 (nothing unacked left)", got)
+	}
+}

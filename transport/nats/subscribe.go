@@ -129,6 +129,13 @@ type jsSub struct {
 	mu       sync.Mutex
 	inflight map[*jsAcker]struct{} // received, not yet settled: kept leased
 	lastSeq  uint64                // highest stream sequence received
+	// Without a group: stream sequences nacked (or left) and not received
+	// again, still unacked on the server, so that a recreated ephemeral
+	// consumer starts no later than them (resumeSeq).
+	nacked map[uint64]struct{}
+	// resumed: the consumer was just recreated at resumeSeq; its first
+	// message shows which nacked sequences the stream no longer holds.
+	resumed bool
 }
 
 type delivery struct {
@@ -196,7 +203,7 @@ func (s *jsSub) run(ctx context.Context, h message.Handler) error {
 // leave returns a message that was not handed to the Dispatcher for
 // prompt redelivery.
 func (s *jsSub) leave(dv delivery) {
-	s.untrack(dv.a)
+	s.untrackNacked(dv.a)
 	_ = dv.a.msg.Nak()
 }
 
@@ -238,6 +245,11 @@ func (s *jsSub) createConsumer(ctx context.Context, resume uint64) error {
 		return t.wrap(fmt.Sprintf("natstransport: ephemeral consumer for topic %q", s.topic), err)
 	}
 	s.cons = c
+	if resume > 0 {
+		s.mu.Lock()
+		s.resumed = true
+		s.mu.Unlock()
+	}
 	if resume == 0 {
 		if info := c.CachedInfo(); info != nil {
 			s.mu.Lock()
@@ -260,7 +272,8 @@ func (s *jsSub) deleteEphemeral() {
 }
 
 // resumeSeq is where a replacement ephemeral consumer starts: the oldest
-// unsettled message, else the one after the last received.
+// message not acked on the server (held by a handler, or nacked and not
+// received again), else the one after the last received.
 func (s *jsSub) resumeSeq() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -268,6 +281,11 @@ func (s *jsSub) resumeSeq() uint64 {
 	for a := range s.inflight {
 		if lo == 0 || a.seq < lo {
 			lo = a.seq
+		}
+	}
+	for seq := range s.nacked {
+		if lo == 0 || seq < lo {
+			lo = seq
 		}
 	}
 	if lo > 0 {
@@ -468,8 +486,37 @@ func (s *jsSub) receive(msg jetstream.Msg) (delivery, bool) {
 	if a.seq > s.lastSeq {
 		s.lastSeq = a.seq
 	}
+	if s.nacked != nil {
+		delete(s.nacked, a.seq)
+		if s.resumed {
+			// A recreated consumer delivers from resumeSeq in stream
+			// order: nacked sequences before its first message are gone
+			// from the stream (limits, deletion) and never come back.
+			for seq := range s.nacked {
+				if seq < a.seq {
+					delete(s.nacked, seq)
+				}
+			}
+		}
+	}
+	s.resumed = false
 	s.mu.Unlock()
 	return delivery{m: m, a: a}, true
+}
+
+// untrackNacked is untrack for a message about to be nacked: an ephemeral
+// consumer remembers its sequence until it is received again (see
+// resumeSeq).
+func (s *jsSub) untrackNacked(a *jsAcker) {
+	s.mu.Lock()
+	delete(s.inflight, a)
+	if s.opts.Group == "" && a.seq != 0 {
+		if s.nacked == nil {
+			s.nacked = make(map[uint64]struct{})
+		}
+		s.nacked[a.seq] = struct{}{}
+	}
+	s.mu.Unlock()
 }
 
 func (s *jsSub) untrack(a *jsAcker) {
@@ -554,7 +601,8 @@ func (a *jsAcker) Ack(ctx context.Context) error {
 }
 
 func (a *jsAcker) Nack(_ context.Context, delay time.Duration) error {
-	a.done()
+	a.settled.Store(true)
+	a.s.untrackNacked(a)
 	if delay > 0 {
 		return a.msg.NakWithDelay(delay)
 	}
