@@ -121,7 +121,12 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 		if user == "" && u.User != nil {
 			user = u.User.Username()
 		}
-		u.User = url.UserPassword(user, o.Password)
+		pass := o.Password
+		if pass == "" && u.User != nil {
+			// Only the user name is overridden: keep the URL's password.
+			pass, _ = u.User.Password()
+		}
+		u.User = url.UserPassword(user, pass)
 		t.secrets = append(t.secrets, o.Username, o.Password)
 	}
 	t.url = u.String()

@@ -569,6 +569,33 @@ func TestOpenURL(t *testing.T) {
 	}
 }
 
+// TestCredentialOverrides: username= alone keeps the URL's password (it
+// used to drop it, failing the login), password= alone keeps its user
+// name, and a given password replaces the URL's.
+func TestCredentialOverrides(t *testing.T) {
+	url := brokerURL(t)
+	if !strings.Contains(url, "guest:guest@") {
+		t.Skipf("broker URL %s does not use guest:guest", transport.Redact(url))
+	}
+	ctx := ctxT(t)
+	base := strings.TrimSuffix(url, "/")
+	wrong := strings.Replace(base, "guest:guest@", "guest:wrong@", 1)
+	for _, u := range []string{
+		base + "/?username=guest",
+		wrong + "/?password=guest",
+		wrong + "/?username=guest&password=guest",
+	} {
+		c, err := transport.Open(ctx, u)
+		if err != nil {
+			t.Errorf("Open %s: %v", transport.Redact(u), err)
+			continue
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+}
+
 // TestConnectionLoss: the server force-closes the transports' connections
 // (rabbitmqctl close_connection, scoped to this test's connection names)
 // while messages flow; both reconnect, the consumer resumes, and every

@@ -127,7 +127,7 @@
 // appear in errors or logs. Parameters (an unknown one is an error naming
 // the accepted ones):
 //
-//	username, password      override the URL's credentials
+//	username, password      override the URL's user name, password (each alone keeps the other)
 //	connection_name         client connection name (default courier)
 //	heartbeat               AMQP heartbeat (default 10s)
 //	dial_timeout            TCP connect + handshake bound (default 30s)

@@ -39,8 +39,9 @@ type Options struct {
 	// Query parameters are not read here (transport.Open reads them into
 	// Options). Default: DefaultURL.
 	URL string
-	// Username and Password, when set, replace the URL's credentials.
-	// URL: username, password. Default: the URL's (guest/guest).
+	// Username and Password, when set, replace the URL's user name and
+	// password each (a Username alone keeps the URL's password). URL:
+	// username, password. Default: the URL's (guest/guest).
 	Username, Password string
 	// TLSConfig is used for amqps:// URLs. Default: system roots, the
 	// URL's host as server name. URL: ca_file, cert_file, key_file,
