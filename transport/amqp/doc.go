@@ -96,6 +96,17 @@
 // delivery redelivered (after a consumer or connection died holding it:
 // a lower bound there).
 //
+// Attempt so counts broker deliveries, not handler runs. On a quorum
+// queue x-delivery-count also counts a message the broker pushed ahead of
+// the handlers (prefetch, up to MaxInFlight) and that went back to the
+// queue unstarted when a subscription stopped (gracefully or not: its
+// channel closes or it is nacked with requeue) or its channel was lost:
+// each such stop can raise its Attempt by one without a handler having
+// run it, and MaxAttempts can dead-letter it after fewer handler runs. On
+// a classic queue such a message comes back marked redelivered, which
+// counts one attempt (once, not per stop). When MaxAttempts matters, keep
+// MaxInFlight near Concurrency, so few messages wait prefetched.
+//
 // Unacked messages return to their queue when the channel closes (crash,
 // Close, connection loss); RabbitMQ never redelivers while the channel
 // lives, so SubscribeOptions.AckWait is not used and a slow handler keeps

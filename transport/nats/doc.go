@@ -122,7 +122,18 @@
 //
 // Message.Attempt is the consumer's NumDelivered, Message.Time the stream's
 // timestamp. Messages fetched but not yet handed to a handler when a
-// subscription stops are Nak'ed for prompt redelivery. Acks are sent without
+// subscription stops are Nak'ed for prompt redelivery.
+//
+// Attempt counts deliveries by the server, not handler runs: the server
+// counts a message when it sends it to the subscription, including one
+// only prefetched (up to MaxInFlight ahead of the handlers) and handed
+// back unstarted when the subscription stops (gracefully or not) or its
+// consumer is recreated. Each such stop can so raise a message's Attempt
+// by one without a handler having run it, and MaxAttempts can dead-letter
+// it after fewer handler runs than MaxAttempts. When MaxAttempts matters,
+// keep MaxInFlight near Concurrency, so few messages wait prefetched.
+// (Not Nak'ing them would not help: the delivery is counted already, and
+// they would only come back after AckWait instead of at once.) Acks are sent without
 // waiting for a reply and flushed (a round trip that the server processed
 // them) before Subscribe or Shutdown returns; set AckSync to wait on each.
 // After a connection loss nats.go reconnects on its own (forever by
