@@ -77,11 +77,50 @@ type group struct {
 	backlog int            // ready + delayed + in flight
 	busy    map[string]int // keys with a message out (OrderedByKey)
 	ordered bool
+	// parked holds, per busy key, its messages taken off the ready queue
+	// while the key is busy, in order (OrderedByKey): so a key with many
+	// waiting messages never stands between the fetch loop and other
+	// keys' messages. nparked counts them.
+	parked  map[string][]entry
+	nparked int
 	wake    chan struct{} // cap 1: something became deliverable
 }
 
 func newGroup(name string, private bool) *group {
-	return &group{name: name, private: private, wake: make(chan struct{}, 1), busy: make(map[string]int)}
+	return &group{name: name, private: private, wake: make(chan struct{}, 1), busy: make(map[string]int), parked: make(map[string][]entry)}
+}
+
+// park sets aside e, whose key is busy, until the key frees. Called with
+// the topic's mu held.
+func (g *group) park(e entry) {
+	k := e.rec.key
+	g.parked[k] = append(g.parked[k], e)
+	g.nparked++
+}
+
+// release marks one of k's messages settled or returned. When k frees, its
+// first parked message goes to the front of the ready queue (ahead of k's
+// messages still in it, which came after); the rest stay parked until
+// k frees again, so each is moved only once. Called with the topic's mu
+// held.
+func (g *group) release(k string) {
+	if g.busy[k]--; g.busy[k] > 0 {
+		return
+	}
+	delete(g.busy, k)
+	p := g.parked[k]
+	if len(p) == 0 {
+		return
+	}
+	e := p[0]
+	p[0] = entry{}
+	if p = p[1:]; len(p) == 0 {
+		delete(g.parked, k)
+	} else {
+		g.parked[k] = p
+	}
+	g.nparked--
+	g.ready.pushFront(e)
 }
 
 func (g *group) signal() {

@@ -32,7 +32,10 @@
 // (SubscribeOptions.OrderedByKey) is kept across all subscribers of a group:
 // a key's next message is handed out only after the previous one was acked,
 // and a nacked message goes back in front of its key's later messages, even
-// with a delay. Dead-lettering is the shared Dispatcher's
+// with a delay. A busy key (its message running, or waiting out a nack
+// delay) does not hold up other keys: its later messages are set aside,
+// in order, as the fetch loop reaches them and come back one at a time as
+// the key frees; Lag counts them as Pending. Dead-lettering is the shared Dispatcher's
 // (SubscribeOptions.DeadLetterTopic); the dead-letter publish bypasses the
 // backlog limit so that shutdown never blocks on it.
 //

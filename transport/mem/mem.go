@@ -527,21 +527,21 @@ func (s *subscription) take(batch []entry, n int) []entry {
 			batch = append(batch, g.ready.remove(0))
 		}
 	} else {
-		// Scan a bounded window so a long run of one busy key cannot
-		// stall the subscriber for long.
-		for i := 0; len(batch) < n && i < g.ready.len() && i < 4096; {
-			e := g.ready.at(i)
+		// Take from the front; a message whose key is busy is parked
+		// (see group.parked), so that however many messages one busy key
+		// has, the other keys' messages behind them are reached.
+		for len(batch) < n && g.ready.len() > 0 {
+			e := g.ready.remove(0)
 			k := e.rec.key
 			if k != "" && g.busy[k] > 0 && !e.held {
-				i++
+				g.park(e)
 				continue
 			}
-			taken := g.ready.remove(i)
-			if k != "" && !taken.held {
+			if k != "" && !e.held {
 				g.busy[k]++
 			}
-			taken.held = false
-			batch = append(batch, taken)
+			e.held = false
+			batch = append(batch, e)
 		}
 	}
 	s.out.Add(int64(len(batch)))
@@ -566,19 +566,13 @@ func (s *subscription) requeue(es []entry) {
 	for i := len(es) - 1; i >= 0; i-- {
 		e := es[i]
 		if s.g.ordered && e.rec.key != "" {
-			s.release(e.rec.key)
+			s.g.release(e.rec.key)
 		}
 		s.g.ready.pushFront(e)
 	}
 	s.tp.mu.Unlock()
 	s.out.Add(-int64(len(es)))
 	s.g.signal()
-}
-
-func (s *subscription) release(k string) {
-	if s.g.busy[k]--; s.g.busy[k] <= 0 {
-		delete(s.g.busy, k)
-	}
 }
 
 // settle acks or nacks a delivered entry.
@@ -591,7 +585,7 @@ func (s *subscription) settle(dv *delivery, nack bool, delay time.Duration) {
 	case !nack:
 		g.backlog--
 		if keyed {
-			s.release(e.rec.key)
+			g.release(e.rec.key)
 		}
 		tp.freed(g, s.t.o.MaxBacklog)
 	case delay > 0:
@@ -636,7 +630,7 @@ func (t *Transport) Lag(ctx context.Context, topicName, group string) (transport
 	if g == nil {
 		return transport.Lag{}, fmt.Errorf("memtransport: topic %q has no group %q", topicName, group)
 	}
-	pending := int64(g.ready.len() + len(g.delayed))
+	pending := int64(g.ready.len() + len(g.delayed) + g.nparked)
 	return transport.Lag{Topic: topicName, Group: group, Pending: pending, InFlight: int64(g.backlog) - pending}, nil
 }
 
