@@ -82,7 +82,10 @@
 //     arrived after it.
 //   - a message.Permanent error, or MaxAttempts reached: published to
 //     SubscribeOptions.DeadLetterTopic (with the courier-dlq-* headers) and
-//     acked. The dead-letter topic needs a declared group: publishing to
+//     acked. A copy that those headers push over the header limit gets its
+//     reason cut on a character boundary, ending in "…", or its reason,
+//     time and attempts headers dropped, as far as needed to fit (logged
+//     at Warn). The dead-letter topic needs a declared group: publishing to
 //     it is mandatory like any other, and while it fails the message is
 //     kept (nacked, logged) rather than lost. Without a DeadLetterTopic
 //     and with Options.DeadLetterExchange

@@ -108,8 +108,11 @@
 //     SubscribeOptions.NackDelay asks for a delay;
 //   - message.Permanent, or MaxAttempts reached: the copy goes to
 //     DeadLetterTopic (published through this adapter, acked after it was
-//     stored), or, without a dead-letter topic, TermWithReason (the server
-//     never redelivers it and emits a terminated advisory);
+//     stored; a copy that the courier-dlq-* headers push over max_payload
+//     gets its reason cut on a character boundary, ending in "…", or its
+//     reason, time and attempts headers dropped, as far as needed to fit,
+//     logged at Warn), or, without a dead-letter topic, TermWithReason
+//     (the server never redelivers it and emits a terminated advisory);
 //   - a message the adapter cannot read as courier's (it claims courier's
 //     header quoting but a value is not quoted correctly) never reaches the
 //     handler: it takes the same dead-letter path with the decode error as

@@ -618,12 +618,18 @@ func (a *jsAcker) Term(_ context.Context, reason string) error {
 }
 
 // publishDeadLetter is the Dispatcher's dead-letter publish: it must
-// succeed before the original is acked.
+// succeed before the original is acked. A copy that the dead-letter
+// headers pushed over the size limit is cut to fit (fitDeadLetter): it
+// would otherwise fail, and be nacked and retried, forever.
 func (t *Transport) publishDeadLetter(ctx context.Context, topic string, m *message.Message) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 2*t.o.APITimeout)
 		defer cancel()
+	}
+	if fm, cut := fitDeadLetter(m, func(m *message.Message) bool { return t.deadLetterFits(topic, m) }); cut {
+		t.log.Warn("natstransport: dead-letter copy over the size limit; its reason (or optional dead-letter headers) cut to fit", "topic", topic, "message_id", m.ID)
+		m = fm
 	}
 	return t.publish(ctx, topic, []*message.Message{m})
 }
