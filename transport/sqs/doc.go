@@ -55,6 +55,14 @@
 //     message received that many times to the dead-letter queue (by default
 //     "<queue>-dlq"), also when the consumer crashed instead of nacking.
 //
+// Every call that settles a message (delete, nack, move to the redrive
+// queue, dead-letter publish, release, visibility extension) runs without
+// the subscription's ctx, so that it lands as the subscription stops, and
+// with a deadline of its own of 10 s, so that a call the service never
+// answers cannot hold Subscribe or Shutdown(ctx) for ever: Shutdown may
+// then return up to that long after its ctx ended. A settle that timed
+// out leaves the message to come back after its visibility timeout.
+//
 // Message.Attempt is SQS's ApproximateReceiveCount, Message.Time its
 // SentTimestamp. A subscription stopped by its ctx or by Close cancels its
 // handlers, nacks what they return, makes messages it received but did

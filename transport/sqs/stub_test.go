@@ -76,7 +76,7 @@ func (s *stubFIFO) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = json.Unmarshal(body, &in)
 	switch op {
-	case "ChangeMessageVisibility", "SendMessage", "Publish":
+	case "ChangeMessageVisibility", "SendMessage", "SendMessageBatch", "Publish", "PublishBatch":
 		s.mu.Lock()
 		hang := s.hang
 		s.mu.Unlock()
@@ -93,6 +93,8 @@ func (s *stubFIFO) serve(w http.ResponseWriter, r *http.Request) {
 	switch op {
 	case "CreateQueue", "GetQueueUrl":
 		_ = json.NewEncoder(w).Encode(map[string]string{"QueueUrl": "http://" + r.Host + "/000/q.fifo"})
+	case "GetQueueAttributes":
+		_ = json.NewEncoder(w).Encode(map[string]any{"Attributes": map[string]string{"QueueArn": "arn:aws:sqs:us-east-1:000:q"}})
 	case "ReceiveMessage":
 		out := s.receive(in.MaxNumberOfMessages, in.VisibilityTimeout)
 		if len(out) == 0 {
@@ -128,7 +130,14 @@ func (s *stubFIFO) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]any{"Successful": ok, "Failed": []any{}})
 	case "SendMessage":
 		s.calls = append(s.calls, "send")
-		_ = json.NewEncoder(w).Encode(map[string]string{"MessageId": "x", "MD5OfMessageBody": ""})
+		_ = json.NewEncoder(w).Encode(map[string]string{"MessageId": "x"})
+	case "SendMessageBatch":
+		ok := []any{}
+		for _, e := range in.Entries {
+			s.calls = append(s.calls, "send")
+			ok = append(ok, map[string]string{"Id": e.Id, "MessageId": "x"})
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"Successful": ok, "Failed": []any{}})
 	default:
 		_, _ = io.WriteString(w, "{}")
 	}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -20,9 +21,21 @@ import (
 	"github.com/courierkit/courier/transport"
 )
 
-// settleTimeout bounds the calls that land acks and nacks once a
-// subscription stops.
-const settleTimeout = 10 * time.Second
+// settleTimeout bounds each call that settles a message (delete, nack,
+// move to a dead-letter queue or topic, release, extension): they run
+// without the subscription's ctx so that they land as it stops, and a
+// stalled one must not hold Subscribe or Shutdown for ever. Tests
+// shorten it (SetSettleTimeout).
+const defaultSettleTimeout = 10 * time.Second
+
+var settleNanos atomic.Int64
+
+func settleTimeout() time.Duration {
+	if d := settleNanos.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return defaultSettleTimeout
+}
 
 // Subscribe receives topic's messages (from the group's queue in ModeSNS,
 // from the topic's queue in ModeSQS) with long polling and hands them to h;
@@ -104,7 +117,7 @@ func (t *Transport) privateQueue(ctx context.Context, topic string) (string, str
 		return "", "", nil, err
 	}
 	del := func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout())
 		defer cancel()
 		if _, err := t.sqs.DeleteQueue(cctx, &sqs.DeleteQueueInput{QueueUrl: aws.String(qu)}); err != nil {
 			t.o.Logger.Warn("sqstransport: delete private queue failed", "queue", qn, "error", t.scrub(err))
@@ -119,7 +132,7 @@ func (t *Transport) privateQueue(ctx context.Context, topic string) (string, str
 		return "", "", nil, err
 	}
 	return qn, qu, func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout())
 		defer cancel()
 		if subARN != "" {
 			if _, err := t.sns.Unsubscribe(cctx, &sns.UnsubscribeInput{SubscriptionArn: aws.String(subARN)}); err != nil {
@@ -178,7 +191,12 @@ func (s *sub) run(ctx context.Context, h message.Handler) error {
 	t := s.t
 	d := transport.NewDispatcher(ctx, h, transport.DispatchOptions{
 		Topic: s.topic, Group: s.so.Group, Subscribe: s.so,
-		DeadLetter: t.publishOne, Logger: t.o.Logger,
+		DeadLetter: func(ctx context.Context, topic string, m *message.Message) error {
+			ctx, cancel := context.WithTimeout(ctx, settleTimeout())
+			defer cancel()
+			return t.publishOne(ctx, topic, m)
+		},
+		Logger: t.o.Logger,
 	})
 	receivers := t.o.Receivers
 	if receivers <= 0 {
@@ -564,7 +582,7 @@ func (s *sub) release(inf *inflight) {
 		return
 	}
 	s.groupSettled(inf, false)
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout())
 	defer cancel()
 	secs := int32(0)
 	if s.t.o.FIFO && s.t.o.Goaws {
@@ -644,7 +662,7 @@ func (s *sub) extend(inf *inflight, full time.Duration) {
 	if inf.settled {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout())
 	defer cancel()
 	sent := time.Now()
 	if err := s.changeVisibility(ctx, inf, s.vis); err != nil {
@@ -711,7 +729,7 @@ func (s *sub) deleter(parallel int) {
 }
 
 func (s *sub) deleteBatch(batch []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout())
 	defer cancel()
 	in := &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(s.url), Entries: make([]sqstypes.DeleteMessageBatchRequestEntry, len(batch))}
 	for i, rh := range batch {
@@ -750,6 +768,8 @@ func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
 		return nil
 	}
 	a.s.groupSettled(a.inf, false)
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout())
+	defer cancel()
 	secs := int32(0)
 	if delay > 0 || a.s.t.o.FIFO && a.s.t.o.Goaws {
 		secs = visibilitySeconds(delay)
@@ -766,6 +786,8 @@ func (a *acker) Term(ctx context.Context, reason string) error {
 		return nil
 	}
 	sm := &a.inf.sm
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout())
+	defer cancel()
 	if s.redrive == "" {
 		s.t.o.Logger.Error("sqstransport: message failed permanently and neither a dead-letter topic nor a redrive policy is configured; deleted",
 			"topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
@@ -780,7 +802,9 @@ func (a *acker) Term(ctx context.Context, reason string) error {
 	if _, err := s.t.sqs.SendMessage(ctx, in); err != nil {
 		// Keep it: SQS's own redrive moves it after MaxReceiveCount.
 		s.groupSettled(a.inf, false)
-		_ = s.changeVisibility(ctx, a.inf, 0)
+		vctx, vcancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout())
+		defer vcancel()
+		_ = s.changeVisibility(vctx, a.inf, 0)
 		return fmt.Errorf("sqstransport: move to dead-letter queue: %w", s.t.scrub(err))
 	}
 	s.t.o.Logger.Warn("sqstransport: message failed permanently; moved to the redrive dead-letter queue", "topic", s.topic, "queue", s.queue, "message_id", a.inf.m.ID, "reason", reason)
