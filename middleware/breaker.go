@@ -137,10 +137,12 @@ func (e *BreakerOpenError) Is(target error) bool { return target == ErrBreakerOp
 // probes, others are refused; MaxRequests successes close it, a failure
 // reopens it.
 //
-// Not counted as failures: a cancelled or expired delivery context
-// (shutdown), message.Permanent errors (the message is bad, not the
-// downstream), ErrInProgress and ErrBreakerOpen from inner middleware.
-// A *TimeoutError is counted (a slow downstream is a failing one).
+// Not counted as failures: a cancelled delivery context (a hard stop),
+// message.Permanent errors (the message is bad, not the downstream), and
+// refusals from inner middleware (ErrInProgress, ErrBreakerOpen,
+// ErrDraining, ErrRateLimited). A *TimeoutError, or a delivery context
+// that passed its deadline (a Timeout outside), is counted: a slow
+// downstream is a failing one.
 //
 // Place it outside Retry, so a delivery that failed after its retries
 // counts once and an open breaker does not burn retry attempts; and
@@ -170,7 +172,7 @@ func (b *Breaker) classify(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case ctx.Err() != nil, message.IsPermanent(err), deferred(err):
+	case stopped(ctx), message.IsPermanent(err), deferred(err):
 		return errExcluded
 	case b.isFailure != nil && !b.isFailure(err):
 		return errExcluded

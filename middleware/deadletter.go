@@ -82,14 +82,20 @@ type DeadLetterOptions struct {
 //
 // Errors below MaxAttempts pass through unchanged, to Redelivery outside
 // it. What is not the message's failure is neither dead-lettered nor
-// counted: ErrBreakerOpen and ErrInProgress (the delivery was refused, not
-// run), and any error once the delivery's context has ended (a hard stop:
-// Close, Shutdown out of time; the message goes back to the broker) unless
-// it is Permanent. Deliveries refused with ErrBreakerOpen or ErrInProgress
-// still raise a counting transport's Message.Attempt, so DeadLetter
-// subtracts the refusals it saw for the message (kept with the failure
-// times, bounded by MaxTracked) before comparing with MaxAttempts: an
-// outage that keeps the breaker open does not use up attempts.
+// counted: ErrBreakerOpen, ErrInProgress, ErrDraining and ErrRateLimited
+// (the delivery was refused, not run), and any error once the delivery's
+// context was cancelled (a hard stop: Close, Shutdown out of time; the
+// message goes back to the broker) unless it is Permanent. (A context
+// that passed its deadline is not a stop: that failure counts.) Such
+// deliveries still raise a counting transport's Message.Attempt, so
+// DeadLetter subtracts the ones it saw for the message before comparing
+// with MaxAttempts: an outage that keeps the breaker open does not use up
+// attempts. The subtraction has limits: the counts are this process's
+// own, kept with the failure times and bounded by MaxTracked (a backlog of
+// refused messages larger than that forgets the oldest counts), so
+// refusals seen by another consumer process, and deliveries the Router
+// itself hands back during a graceful drain (they never reach the chain),
+// still count towards MaxAttempts.
 //
 // Interaction with the transport: DeadLetter acks what it dead-letters, so
 // the transport's own dead-letter path (SubscribeOptions.DeadLetterTopic,
@@ -125,8 +131,13 @@ func DeadLetter(opts DeadLetterOptions) message.Middleware {
 				}
 				return err
 			}
-			if ctx.Err() != nil && !message.IsPermanent(err) {
-				return err // stopped, not failed: back to the broker
+			if stopped(ctx) && !message.IsPermanent(err) {
+				// Stopped, not failed: back to the broker. A counting
+				// transport counts the delivery anyway: subtract it.
+				if m.Attempt > 0 {
+					tr.refused(trackKey{groupOf(ctx, o.Group), m.ID})
+				}
+				return err
 			}
 			group := groupOf(ctx, o.Group)
 			key := trackKey{group, m.ID}

@@ -58,14 +58,16 @@
 //     Where it does not, Redelivery holds the message in process for the
 //     delay, then lets it be nacked (RedeliveryMode).
 //   - Messages refused by the breaker (ErrBreakerOpen), held by another
-//     delivery (ErrInProgress) or handed back during a drain
-//     (ErrDraining) are nacked with a delay and never dead-lettered by
-//     DeadLetter, which also subtracts such refusals from a counting
-//     transport's Message.Attempt. The transport's own MaxAttempts,
-//     however, counts those deliveries too: leave it at 0 when
-//     DeadLetter is in the stack. A delivery whose context ended (a hard
-//     stop) is neither counted nor dead-lettered: it goes back to the
-//     broker.
+//     delivery (ErrInProgress), handed back during a drain (ErrDraining)
+//     or without a rate-limit token before their deadline
+//     (ErrRateLimited) are nacked with a delay and never dead-lettered by
+//     DeadLetter, which also subtracts such refusals (as this process saw
+//     them) from a counting transport's Message.Attempt. The transport's
+//     own MaxAttempts, however, counts those deliveries too: leave it at 0
+//     when DeadLetter is in the stack. A delivery whose context was
+//     cancelled (a hard stop) is neither counted nor dead-lettered: it
+//     goes back to the broker; one whose context passed its deadline
+//     failed like any other.
 //   - State shared across routes: one Recommended call's middleware,
 //     used as router-level middleware, share their per-message counts,
 //     store and rate limiter among the routes; the breaker is per route
@@ -104,8 +106,8 @@
 //
 // # Errors
 //
-// Sentinels (ErrBreakerOpen, ErrInProgress, ErrDraining, ErrTimeout,
-// ErrInvalid, ErrNoPublisher, ErrStoreClosed) are matched with errors.Is by the typed
+// Sentinels (ErrBreakerOpen, ErrInProgress, ErrDraining, ErrRateLimited,
+// ErrTimeout, ErrInvalid, ErrNoPublisher, ErrStoreClosed) are matched with errors.Is by the typed
 // errors carrying details (BreakerOpenError, InProgressError,
 // TimeoutError, ValidationError, DeadLetterError, PanicError). The
 // handler's own error always stays reachable with errors.Is/As, and

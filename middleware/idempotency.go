@@ -22,8 +22,11 @@ type IdempotencyOptions struct {
 	Key func(*message.Message) string
 	// Scope prefixes every key, so each consumer group keeps its own
 	// record ("processed by this group"). Default: the Router route's
-	// group, or its topic for a route without a group; outside a Router,
-	// no prefix. Stored keys are scope + "/" + key.
+	// group; for a route without a group (a private subscription: every
+	// process gets every message) a scope private to this process and
+	// route, so that processes sharing a store do not skip each other's
+	// copies; outside a Router, no prefix. Stored keys are scope + "/" +
+	// key.
 	Scope string
 	// ClaimTTL is how long a claim lasts: a delivery whose process
 	// crashed mid-handler blocks the message for at most this long. Keep
@@ -40,9 +43,10 @@ type IdempotencyOptions struct {
 	// fails on Claim. Default false: the message is nacked (the store
 	// error is returned) and comes back later.
 	FailOpen bool
-	// StoreTimeout bounds Done and Release, which ignore the handler's
-	// cancellation (so they land during shutdown) but must not hang on an
-	// unreachable store. Default 10s. (The MemoryStore never waits.)
+	// StoreTimeout bounds each store call: Claim, and Done and Release,
+	// which ignore the handler's cancellation (so they land during
+	// shutdown) but must not hang on an unreachable store. Default 10s.
+	// (The MemoryStore never waits.)
 	StoreTimeout time.Duration
 	// Logger gets store failures that do not fail the message (Done or
 	// Release failing). Default nil: discards.
@@ -189,7 +193,16 @@ func (c *claimCall) claim(ctx context.Context, ttl time.Duration) (ClaimState, e
 		return c.mem.claim(c.hk, c.tok, ttl)
 	}
 	c.token = newToken()
-	return c.store.Claim(ctx, c.scoped(), c.token, ttl)
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	st, err := c.store.Claim(cctx, c.scoped(), c.token, ttl)
+	if err != nil {
+		// The store may have taken the claim before the error (a reply
+		// lost to a timeout): give it back, so the message does not wait
+		// ClaimTTL as InProgress. Best effort; Release checks the token.
+		_ = c.release(ctx)
+	}
+	return st, err
 }
 
 // done and release land during shutdown (context.WithoutCancel), within
@@ -224,13 +237,14 @@ func (e *InProgressError) Error() string {
 func (e *InProgressError) Is(target error) bool { return target == ErrInProgress }
 
 // scopeOf is the key scope: scope, else the Router route's group, else
-// its topic, else "" (outside a Router).
+// (a private subscription) the route's RouteID, unique to it in this
+// process, else "" (outside a Router).
 func scopeOf(ctx context.Context, scope string) string {
 	if scope == "" {
 		if d := routerDelivery(ctx); d != nil {
 			scope = d.Group()
 			if scope == "" {
-				scope = d.Topic()
+				scope = "private-" + d.RouteID()
 			}
 		}
 	}

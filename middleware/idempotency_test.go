@@ -136,6 +136,15 @@ func (failingStore) Claim(context.Context, string, string, time.Duration) (middl
 	return 0, errors.New("store down")
 }
 
+// Release after a failed Claim (the middleware gives back a claim the store
+// may have taken before failing) finds nothing to release.
+func (s failingStore) Release(ctx context.Context, key, token string) error {
+	if s.IdempotencyStore == nil {
+		return errors.New("store down")
+	}
+	return s.IdempotencyStore.Release(ctx, key, token)
+}
+
 func TestIdempotencyStoreFailure(t *testing.T) {
 	h := &counter{}
 	err := middleware.Idempotency(failingStore{}, middleware.IdempotencyOptions{})(h).Handle(t.Context(), msg("a"))

@@ -28,7 +28,16 @@ var (
 // failed": they are not retried in-process, not counted towards
 // dead-lettering, and do not trip a breaker.
 func deferred(err error) bool {
-	return errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrInProgress) || errors.Is(err, ErrDraining)
+	return errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrInProgress) || errors.Is(err, ErrDraining) || errors.Is(err, ErrRateLimited)
+}
+
+// stopped reports whether the delivery's context was cancelled: the
+// subscription stopping hard (Close, Shutdown out of time, Run's ctx), not
+// the message failing. A context that passed its deadline (a Timeout
+// outside, a transport's per-message lease) is not a stop: the handler was
+// too slow, which is a failure like any other.
+func stopped(ctx context.Context) bool {
+	return errors.Is(ctx.Err(), context.Canceled)
 }
 
 // draining returns the router's draining channel, or nil outside a Router.

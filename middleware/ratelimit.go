@@ -70,10 +70,18 @@ func RateLimit(opts RateLimitOptions) message.Middleware {
 	}
 }
 
-// ErrDraining is the error of a message that RateLimit stopped waiting
-// for because the Router began to drain: it is nacked and redelivered
-// later.
-var ErrDraining = errors.New("middleware: router draining; message handed back")
+var (
+	// ErrDraining is the error of a message that RateLimit stopped
+	// waiting for because the Router began to drain: it is nacked and
+	// redelivered later.
+	ErrDraining = errors.New("middleware: router draining; message handed back")
+	// ErrRateLimited is matched by the error of a message that could not
+	// get a rate-limit token before its context's deadline. Like
+	// ErrBreakerOpen it is a refusal, not a failure: it is not retried in
+	// process, not counted towards dead-lettering, and does not trip a
+	// breaker.
+	ErrRateLimited = errors.New("middleware: no rate-limit token before the deadline")
+)
 
 // wait is lim.Wait(ctx) that also ends when the Router drains.
 func wait(ctx context.Context, lim *rate.Limiter) error {
@@ -83,7 +91,7 @@ func wait(ctx context.Context, lim *rate.Limiter) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return err
+			return fmt.Errorf("%w: %v", ErrRateLimited, err)
 		}
 		return nil
 	}
@@ -103,7 +111,7 @@ func wait(ctx context.Context, lim *rate.Limiter) error {
 	}
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < d {
 		r.CancelAt(now)
-		return fmt.Errorf("middleware: rate limit: waiting %v would pass the context's deadline", d)
+		return fmt.Errorf("%w: waiting %v would pass the context's deadline", ErrRateLimited, d)
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()

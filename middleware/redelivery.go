@@ -63,8 +63,8 @@ type RedeliveryOptions struct {
 // transport counts deliveries (Capabilities.AttemptCount), otherwise by
 // Redelivery itself, in memory, per consumer group and message ID (a
 // process restart forgets those counts); it counts only failures, not
-// refusals (ErrBreakerOpen, ErrInProgress) nor errors after the delivery's
-// context ended. Redelivery sets Message.Attempt
+// refusals (ErrBreakerOpen, ErrInProgress, ErrDraining, ErrRateLimited) nor
+// errors after the delivery's context was cancelled (a hard stop). Redelivery sets Message.Attempt
 // before calling the next handler, so DeadLetter, inside it, sees the
 // count either way.
 //
@@ -105,7 +105,7 @@ func Redelivery(opts RedeliveryOptions) message.Middleware {
 				}
 				return err
 			}
-			if counting && !deferred(err) && ctx.Err() == nil {
+			if counting && !deferred(err) && !stopped(ctx) {
 				tr.failed(key, time.Now())
 			}
 			delay, asked := message.RetryDelay(err)

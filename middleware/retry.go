@@ -72,7 +72,9 @@ func (o RetryOptions) defaults() RetryOptions {
 // min(MaxInterval, InitialInterval·Multiplierⁿ), the policy of
 // cenkalti/backoff/v5's ExponentialBackOff with the jitter applied over the
 // whole interval). A wait asked for with message.RetryAfter is honoured as
-// a minimum.
+// a minimum when it is at most MaxInterval; a longer one ends the
+// in-process retries and the error goes out with its delay (Redelivery or
+// the transport nack with it), so a delivery is not held past its lease.
 //
 // It does not retry:
 //   - a message.Permanent error (returned at once, for DeadLetter or the
@@ -154,6 +156,12 @@ func (o *RetryOptions) retry(ctx context.Context, next message.Handler, m *messa
 			return err
 		}
 		if d, ok := message.RetryDelay(err); ok && d > wait {
+			if d > o.MaxInterval {
+				// Longer than any backoff of ours: not for holding the
+				// delivery in process (past AckWait, past an
+				// idempotency claim). Hand it back with its delay.
+				return err
+			}
 			wait = d
 		}
 		if o.MaxElapsedTime > 0 && time.Since(start)+wait > o.MaxElapsedTime {

@@ -42,7 +42,7 @@ func FromContext(ctx context.Context) *Delivery {
 // topic, group and publisher, as the Router makes for each message. It is
 // for tests of middleware and for code that runs handlers outside a Router.
 func NewContext(ctx context.Context, m *message.Message, topic, group string, pub transport.Publisher) context.Context {
-	rt := &route{name: routeName(topic, group), topic: topic, group: group, pub: pub, draining: make(chan struct{})}
+	rt := &route{name: routeName(topic, group), topic: topic, group: group, pub: pub, draining: make(chan struct{}), id: newRouteID()}
 	return bind(ctx, m, rt)
 }
 
@@ -60,6 +60,12 @@ func (d *Delivery) rt() *route { return d.route.(*route) }
 
 // Route is the route's name (Route.Name).
 func (d *Delivery) Route() string { return d.rt().name }
+
+// RouteID is unique to this route of this Router in this process (a random
+// per-process prefix and a counter, made when the route was added): what
+// middleware scopes per-subscription state by where no consumer group
+// does (a private subscription, which every process receives in full).
+func (d *Delivery) RouteID() string { return d.rt().id }
 
 // Topic is the route's topic.
 func (d *Delivery) Topic() string { return d.rt().topic }

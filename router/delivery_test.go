@@ -86,3 +86,42 @@ func TestDeliveryNilMessage(t *testing.T) {
 		t.Errorf("delivery of a nil message: %+v", got)
 	}
 }
+
+// The router's panic guard survives a nil message (a transport's bug):
+// the handler's panic comes back as an error, not a second panic.
+func TestPanicGuardNilMessage(t *testing.T) {
+	r := New(nopSubscriber{}, Options{})
+	if err := r.Handle("t", "g", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		_ = m.ID // panics on nil
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	rt := r.routes[0]
+	rt.handler = rt.build(nil)
+	if err := rt.Handle(context.Background(), nil); err == nil {
+		t.Fatal("no error for a panicking handler")
+	}
+}
+
+// RouteID is unique per route, also for routes of the same name in two
+// routers of one process.
+func TestRouteIDUnique(t *testing.T) {
+	seen := map[string]bool{}
+	for range 2 {
+		r := New(nopSubscriber{}, Options{})
+		for _, g := range []string{"", "g"} {
+			if err := r.Handle("t", g, message.HandlerFunc(func(context.Context, *message.Message) error { return nil })); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, rt := range r.routes {
+			d := FromContext(bind(context.Background(), &message.Message{}, rt))
+			if id := d.RouteID(); id == "" || seen[id] {
+				t.Fatalf("RouteID %q repeated or empty", id)
+			} else {
+				seen[id] = true
+			}
+		}
+	}
+}

@@ -2,10 +2,13 @@ package router
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,10 +135,16 @@ func New(sub transport.Subscriber, opts Options) *Router {
 }
 
 // Use appends router-level middleware (see Options.Middleware). It must be
-// called before Run; routes added earlier get it too.
+// called before Run; routes added earlier get it too. Called once Run
+// started it changes nothing (the handler chains are built) and logs an
+// error.
 func (r *Router) Use(mw ...message.Middleware) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.state != stateIdle {
+		r.log.Error("courier: Router.Use after Run: the middleware is ignored", "state", r.state.String())
+		return
+	}
 	r.mw = append(r.mw, mw...)
 }
 
@@ -189,9 +198,23 @@ func (r *Router) Add(rt Route) error {
 	r.routes = append(r.routes, &route{
 		r: r, name: name, topic: rt.Topic, group: rt.Subscribe.Group,
 		opts: rt.Subscribe, user: rt.Handler, mw: append([]message.Middleware(nil), rt.Middleware...),
-		pub: r.pub, caps: r.caps, hasCaps: r.hasCap, draining: r.draining,
+		pub: r.pub, caps: r.caps, hasCaps: r.hasCap, draining: r.draining, id: newRouteID(),
 	})
 	return nil
+}
+
+// routeIDs makes RouteIDs: a random prefix per process and a counter.
+var (
+	routeIDPrefix = func() string {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:])
+	}()
+	routeIDSeq atomic.Uint64
+)
+
+func newRouteID() string {
+	return routeIDPrefix + "-" + strconv.FormatUint(routeIDSeq.Add(1), 10)
 }
 
 func routeName(topic, group string) string {
@@ -409,6 +432,7 @@ func (r *Router) Done() <-chan struct{} {
 // the transport.
 type route struct {
 	r        *Router
+	id       string // Delivery.RouteID
 	name     string
 	topic    string
 	group    string
@@ -511,7 +535,11 @@ func (rt *route) Handle(ctx context.Context, m *message.Message) (err error) {
 		if p := recover(); p != nil {
 			// Middleware.Recover turns panics into errors with more care;
 			// this is the router's safety net so no panic escapes.
-			r.log.Error("courier: handler panicked", "route", rt.name, "message_id", m.ID, "panic", p, "stack", string(debug.Stack()))
+			id := ""
+			if m != nil {
+				id = m.ID
+			}
+			r.log.Error("courier: handler panicked", "route", rt.name, "message_id", id, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("router: handler of route %q panicked: %v", rt.name, p)
 		}
 		if err != nil {
