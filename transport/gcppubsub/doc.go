@@ -23,7 +23,12 @@
 // redelivered before the delay while the subscriber runs, and it keeps its
 // place among the subscription's outstanding messages (MaxInFlight) in the
 // meantime. When the subscription stops first, held messages are nacked at
-// once; when the process dies, they come back after the ack deadline.
+// once; when the process dies, they come back after the ack deadline. The
+// client extends a lease for at most max_extension from receipt, so a
+// delay is held at most that long less a second (from when the callback
+// got the message) and then nacked, logged at Debug: a longer delay comes
+// back early rather than have its lease lapse while it still holds its
+// MaxInFlight slot.
 //
 // A handler running longer than the ack deadline keeps its message: the
 // client extends the lease, by at most AckWait at a time (so a crashed

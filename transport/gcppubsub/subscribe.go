@@ -175,6 +175,7 @@ func (t *Transport) deleteSubscription(id string) {
 // counts exactly the messages courier holds, and its lease extension
 // covers them until then.
 func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher, serial chan struct{}, topic string, sub *pubsub.Subscriber, pm *pubsub.Message) {
+	got := time.Now()
 	if serial != nil {
 		select {
 		case serial <- struct{}{}:
@@ -198,8 +199,16 @@ func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher,
 	if a.delay > 0 {
 		// Pub/Sub has no per-message redelivery delay: keep the message
 		// leased (the library extends it) until the delay has passed, then
-		// nack it. When the subscription stops first, nack at once.
-		tm := time.NewTimer(a.delay)
+		// nack it. When the subscription stops first, nack at once. The
+		// library extends the lease for MaxExtension from receipt only:
+		// hold no longer than that, or the lease would lapse, Pub/Sub
+		// redeliver the message while this callback still held its
+		// flow-control slot.
+		hold := holdFor(a.delay, time.Since(got), t.opts.MaxExtension)
+		if hold < a.delay {
+			t.log.Debug("gcppubsubtransport: nack delay capped by max_extension", "topic", topic, "message_id", m.ID, "delay", a.delay, "held", hold, "max_extension", t.opts.MaxExtension)
+		}
+		tm := time.NewTimer(hold)
 		select {
 		case <-tm.C:
 		case <-fctx.Done():
@@ -207,6 +216,18 @@ func (t *Transport) deliver(cctx, fctx context.Context, d *transport.Dispatcher,
 		}
 		pm.Nack()
 	}
+}
+
+// leaseMargin is kept back from MaxExtension when holding a nacked
+// message: the library counts MaxExtension from when it received the
+// message, a little before the callback started.
+const leaseMargin = time.Second
+
+// holdFor returns how long to keep a message nacked with delay leased,
+// elapsed after its callback started: the delay, cut to what is left of
+// maxExt (less leaseMargin), and never negative.
+func holdFor(delay, elapsed, maxExt time.Duration) time.Duration {
+	return max(0, min(delay, maxExt-leaseMargin-elapsed))
 }
 
 // receive builds the Message and the acker for pm, which sub received.
