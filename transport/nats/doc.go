@@ -85,7 +85,9 @@
 //     middleware.DeadLetter set), Message.ID further scoped by those two
 //     headers: the copy keeps the original's ID, yet is never dropped as a
 //     duplicate of the original (same bound stream) or of another group's
-//     copy of the same message.
+//     copy of the same message. Subscriptions without a group have no
+//     group to tell them apart: of their copies of one message to one
+//     dead-letter topic, the first within the window is stored.
 //
 // So a retry of the same message to the same topic within the window is
 // stored once, and so is a distinct message that reuses an ID of that
