@@ -27,15 +27,24 @@
 // At-least-once within the process: a message leaves its group only when a
 // handler acked it. A nack puts it back at the head of the group (delay 0)
 // or in a timer heap until its delay passed; Attempt counts deliveries.
-// Close and a cancelled Subscribe return unsettled messages to their group,
-// so a subscriber that starts again gets them. Per-key order
-// (SubscribeOptions.OrderedByKey) is kept across all subscribers of a group:
-// a key's next message is handed out only after the previous one was acked,
-// and a nacked message goes back in front of its key's later messages, even
-// with a delay. A busy key (its message running, or waiting out a nack
-// delay) does not hold up other keys: its later messages are set aside,
-// in order, as the fetch loop reaches them and come back one at a time as
-// the key frees; Lag counts them as Pending. Dead-lettering is the shared Dispatcher's
+// Close and a cancelled Subscribe cancel the running handlers' context;
+// each running message is settled by what its handler returns (an error
+// nacks it, an attempt used, after NackDelay; the stop's own ctx.Err()
+// never dead-letters it for running out of attempts). Messages the
+// subscription fetched but had not started go back to the front of their
+// group untouched: in order, their attempt not counted, without
+// NackDelay. The exception, with Concurrency above 1, is a message that
+// was being handed to the workers at that moment: the dispatcher nacks it
+// (an attempt counted, after NackDelay, never dead-lettered for that). A
+// subscriber that starts again gets them all. Per-key order
+// (SubscribeOptions.OrderedByKey) is kept across all subscribers of a
+// group: a key's next message is handed out only after the previous one
+// was acked, and a nacked message goes back in front of its key's later
+// messages, even with a delay. A busy key (its message running, or
+// waiting out a nack delay) does not hold up other keys: its later
+// messages are set aside, in order, as the fetch loop reaches them and
+// come back one at a time as the key frees; Lag counts them as Pending.
+// Dead-lettering is the shared Dispatcher's
 // (SubscribeOptions.DeadLetterTopic); the dead-letter publish bypasses the
 // backlog limit so that shutdown never blocks on it.
 //
