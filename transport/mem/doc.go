@@ -46,7 +46,10 @@
 // come back one at a time as the key frees; Lag counts them as Pending.
 // Dead-lettering is the shared Dispatcher's
 // (SubscribeOptions.DeadLetterTopic); the dead-letter publish bypasses the
-// backlog limit so that shutdown never blocks on it.
+// backlog limit so that shutdown never blocks on it. Like any publish, a
+// dead letter sent to a topic with no group and no subscription is
+// discarded: Declare a group on the dead-letter topic. The transport logs a
+// warning the first time that happens for each such topic.
 //
 // Memory is bounded: when any group of a topic holds MaxBacklog unacked
 // messages, Publish blocks until it has drained to three quarters of that

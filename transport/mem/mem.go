@@ -72,6 +72,8 @@ type Transport struct {
 	subs     map[*subscription]struct{}
 	done     chan struct{} // closed by Close/Shutdown: stop fetching
 	stopping atomic.Bool
+
+	dlqWarned sync.Map // dead-letter topics warned about having no group
 }
 
 var _ transport.Conn = (*Transport)(nil)
@@ -433,6 +435,14 @@ func (t *Transport) publishDLQ(ctx context.Context, dlt string, m *message.Messa
 	r := &record{id: m.ID, key: m.Key, headers: m.Headers.Clone(), payload: append([]byte(nil), m.Payload...), time: time.Now()}
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
+	if len(tp.all) == 0 {
+		// Like any publish to a topic without groups it is discarded;
+		// say so once per topic, since here it is a failed message lost.
+		if _, warned := t.dlqWarned.LoadOrStore(dlt, struct{}{}); !warned {
+			t.o.Logger.Warn("memtransport: dead-letter topic has no group or subscription; dead letters to it are discarded (Declare a group on it)", "dead_letter_topic", dlt)
+		}
+		return nil
+	}
 	for _, g := range tp.all {
 		g.ready.push(entry{rec: r})
 		g.backlog++
