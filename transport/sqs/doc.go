@@ -42,7 +42,10 @@
 //   - Nack (handler error) makes the message visible again after the delay
 //     (message.RetryAfter or SubscribeOptions.NackDelay) with
 //     ChangeMessageVisibility: rounded up to whole seconds, at most 12 h;
-//     0 redelivers at once.
+//     0 redelivers at once. SQS ends a message's visibility no later than
+//     12 h after the receive that returned it, so the delay is cut to
+//     what is left of those 12 h (counted from when the ReceiveMessage
+//     was sent), rounded down to whole seconds.
 //   - A permanent failure (message.Permanent, or MaxAttempts reached) goes
 //     to SubscribeOptions.DeadLetterTopic through courier's dead-letter path
 //     (a copy with the courier-dlq-* headers is published there, then the

@@ -143,6 +143,25 @@ func (t *Transport) privateQueue(ctx context.Context, topic string) (string, str
 	}, nil
 }
 
+// maxVisibility is SQS's bound on a message's visibility: it cannot end
+// later than 12 hours after the ReceiveMessage that returned it
+// (ChangeMessageVisibility asking for more is rejected).
+const maxVisibility = 12 * time.Hour
+
+// nackSeconds is the visibility timeout of a nack with delay, elapsed
+// after the receive request was sent: the delay rounded up to whole
+// seconds (0 at once; at least 1 with minOne, see Options.Goaws), cut to
+// what is left of maxVisibility, rounded down. elapsed counts from before
+// SQS got the request, so the cut is never too late.
+func nackSeconds(delay, elapsed time.Duration, minOne bool) int32 {
+	secs := int32(0)
+	if delay > 0 || minOne {
+		secs = visibilitySeconds(delay)
+	}
+	left := int64((maxVisibility - elapsed) / time.Second)
+	return int32(max(0, min(int64(secs), left)))
+}
+
 // visibilitySeconds converts AckWait to SQS's whole seconds (1 to 12 h).
 func visibilitySeconds(d time.Duration) int32 {
 	s := int64(math.Ceil(d.Seconds()))
@@ -182,6 +201,7 @@ type inflight struct {
 	m        *message.Message
 	mu       sync.Mutex
 	deadline time.Time // when its visibility ends; guarded by mu
+	sent     time.Time // when the ReceiveMessage that got it was sent
 	settled  bool
 	group    string // FIFO message group when sequenced (OrderedByKey), else ""
 	head     bool   // handed on as its group's running message; guarded by sub.gmu
@@ -351,7 +371,7 @@ func (s *sub) receive(ctx context.Context) error {
 		}
 		infs := make([]*inflight, len(out.Messages))
 		for i := range out.Messages {
-			inf := s.received(out.Messages[i], sent.Add(time.Duration(s.vis)*time.Second))
+			inf := s.received(out.Messages[i], sent)
 			s.mu.Lock()
 			s.inflight[inf] = struct{}{}
 			s.mu.Unlock()
@@ -406,8 +426,8 @@ func (s *sub) acquire(ctx context.Context) (int, bool) {
 // received wraps a received message, visible to others again at
 // deadline, with its Message. inf is the Message's As target (no closure
 // to allocate).
-func (s *sub) received(sm sqstypes.Message, deadline time.Time) *inflight {
-	inf := &inflight{sm: sm, deadline: deadline}
+func (s *sub) received(sm sqstypes.Message, sent time.Time) *inflight {
+	inf := &inflight{sm: sm, sent: sent, deadline: sent.Add(time.Duration(s.vis) * time.Second)}
 	inf.m = s.toMessage(&inf.sm)
 	inf.m.SetNative(inf)
 	if s.groups != nil {
@@ -770,10 +790,7 @@ func (a *acker) Nack(ctx context.Context, delay time.Duration) error {
 	a.s.groupSettled(a.inf, false)
 	ctx, cancel := context.WithTimeout(ctx, settleTimeout())
 	defer cancel()
-	secs := int32(0)
-	if delay > 0 || a.s.t.o.FIFO && a.s.t.o.Goaws {
-		secs = visibilitySeconds(delay)
-	}
+	secs := nackSeconds(delay, time.Since(a.inf.sent), a.s.t.o.FIFO && a.s.t.o.Goaws)
 	return a.s.changeVisibility(ctx, a.inf, secs)
 }
 
