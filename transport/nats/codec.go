@@ -169,12 +169,26 @@ func decodeInto(m *message.Message, topic string, hdr nats.Header, data []byte) 
 		uq = strconv.Unquote
 	}
 	var err error
-	idHdr := hdrMsgID
-	if _, ok := hdr[hdrID]; ok {
-		idHdr = hdrID // Nats-Msg-Id is a scoped de-duplication ID
+	scoped := false
+	if vs := hdr[hdrID]; len(vs) > 0 {
+		// Nats-Msg-Id is a scoped de-duplication ID (dedupID, never
+		// quoted by the codec) when it starts with the quoted Courier-Id
+		// and a space; a Courier-Id without that (a user header from
+		// before the name was reserved) is not the ID.
+		id, err := uq(vs[0])
+		if err != nil {
+			return fmt.Errorf("natstransport: malformed quoted %s: %w", hdrID, err)
+		}
+		var buf [128]byte
+		pre := strconv.AppendQuote(buf[:0], id)
+		if d := hdr.Get(hdrMsgID); len(d) > len(pre) && d[len(pre)] == ' ' && d[:len(pre)] == string(pre) {
+			m.ID, scoped = id, true
+		}
 	}
-	if m.ID, err = uq(hdr.Get(idHdr)); err != nil {
-		return fmt.Errorf("natstransport: malformed quoted %s: %w", idHdr, err)
+	if !scoped {
+		if m.ID, err = uq(hdr.Get(hdrMsgID)); err != nil {
+			return fmt.Errorf("natstransport: malformed quoted %s: %w", hdrMsgID, err)
+		}
 	}
 	if k := hdr.Get(hdrKey); k != "" {
 		if m.Key, err = uq(k); err != nil {

@@ -156,8 +156,9 @@
 //
 // # Wire format
 //
-// Message.ID is the Courier-Id header when present, else the Nats-Msg-Id
-// header (see De-duplication; a message received without either,
+// Message.ID is the Courier-Id header when the Nats-Msg-Id is a scoped one
+// that embeds it, else the Nats-Msg-Id header (see De-duplication; a
+// message received without either,
 // published by a plain NATS client, gets "<stream>:<sequence>", stable
 // across redeliveries), Message.Key the Courier-Key header,
 // Headers are NATS headers with their exact names, the payload is the NATS

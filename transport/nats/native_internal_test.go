@@ -182,3 +182,32 @@ func TestResumeSeqKeepsNacked(t *testing.T) {
 		t.Fatalf("resumeSeq %d, want 8 (nothing unacked left)", got)
 	}
 }
+
+// A Courier-Id header that the Nats-Msg-Id does not embed (a user header
+// from before the name was reserved) is not taken as the ID; decoding a
+// scoped ID costs no allocation beyond the message's own.
+func TestCourierIDOnlyWithScopedMsgID(t *testing.T) {
+	got, err := decode("t", nats.Header{hdrMsgID: {"real"}, hdrID: {"other"}}, nil)
+	if err != nil || got.ID != "real" {
+		t.Fatalf("decoded %+v, %v; want ID real", got, err)
+	}
+	m := &message.Message{ID: "m-1", Headers: message.Header{message.HeaderDeadLetterTopic: "orders"}}
+	msg, err := encode(0, "courier.dlq", m, dedupID("", "courier.dlq", m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var into message.Message
+	allocs := func(h nats.Header) float64 {
+		return testing.AllocsPerRun(100, func() {
+			into = message.Message{}
+			if err := decodeInto(&into, "dlq", h, msg.Data); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	plain := nats.Header{hdrMsgID: {"m-1"}, message.HeaderDeadLetterTopic: {"orders"}}
+	base := allocs(plain)
+	if a := allocs(msg.Header); into.ID != "m-1" || a > base {
+		t.Errorf("ID %q, %v allocations (want m-1, and %v as without the scoped ID)", into.ID, a, base)
+	}
+}
