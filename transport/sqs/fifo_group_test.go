@@ -86,3 +86,38 @@ func TestFIFOGroupNackKeepsOrder(t *testing.T) {
 		})
 	}
 }
+
+// A message that failed for good (deleted here: no dead-letter topic, no
+// redrive policy) leaves its group: the ones received behind it run at
+// once, not after a redelivery.
+func TestFIFOGroupPermanentFailureMovesOn(t *testing.T) {
+	s := newStubFIFO(t)
+	for _, id := range []string{"a1", "a2", "a3"} {
+		s.add(id, "a")
+	}
+	tr := openStub(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var runs []string
+	err := tr.Subscribe(ctx, "q", message.HandlerFunc(func(_ context.Context, m *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		runs = append(runs, fmt.Sprintf("%s@%d", m.ID, m.Attempt))
+		if len(runs) == 3 {
+			cancel()
+		}
+		if m.ID == "a1" {
+			return message.Permanent(errors.New("bad"))
+		}
+		return nil
+	}), transport.SubscribeOptions{Group: "g", OrderedByKey: true, Concurrency: 2, MaxInFlight: 10})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"a1@1", "a2@1", "a3@1"}; !slices.Equal(runs, want) {
+		t.Errorf("ran %v, want %v (server calls %v)", runs, want, s.log())
+	}
+}
