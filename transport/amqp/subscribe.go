@@ -156,7 +156,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h message.Handl
 			// A copy the dead-letter headers pushed over the size limit
 			// is cut to fit: it would otherwise fail, and be nacked and
 			// retried, forever.
-			if fm, cut := fitDeadLetter(m, func(m *message.Message) bool { return t.deadLetterFits(dlt, m) }); cut {
+			if fm, cut := transport.FitDeadLetter(m, func(m *message.Message) bool { return t.deadLetterFits(dlt, m) }); cut {
 				t.log.Warn("amqptransport: dead-letter copy over the size limit; its reason (or optional dead-letter headers) cut to fit", "topic", dlt, "message_id", m.ID)
 				m = fm
 			}

@@ -619,7 +619,7 @@ func (a *jsAcker) Term(_ context.Context, reason string) error {
 
 // publishDeadLetter is the Dispatcher's dead-letter publish: it must
 // succeed before the original is acked. A copy that the dead-letter
-// headers pushed over the size limit is cut to fit (fitDeadLetter): it
+// headers pushed over the size limit is cut to fit (transport.FitDeadLetter): it
 // would otherwise fail, and be nacked and retried, forever.
 func (t *Transport) publishDeadLetter(ctx context.Context, topic string, m *message.Message) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -627,7 +627,7 @@ func (t *Transport) publishDeadLetter(ctx context.Context, topic string, m *mess
 		ctx, cancel = context.WithTimeout(ctx, 2*t.o.APITimeout)
 		defer cancel()
 	}
-	if fm, cut := fitDeadLetter(m, func(m *message.Message) bool { return t.deadLetterFits(topic, m) }); cut {
+	if fm, cut := transport.FitDeadLetter(m, func(m *message.Message) bool { return t.deadLetterFits(topic, m) }); cut {
 		t.log.Warn("natstransport: dead-letter copy over the size limit; its reason (or optional dead-letter headers) cut to fit", "topic", topic, "message_id", m.ID)
 		m = fm
 	}

@@ -1,4 +1,4 @@
-package amqptransport
+package transport_test
 
 import (
 	"strings"
@@ -9,7 +9,7 @@ import (
 	"github.com/courierkit/courier/transport"
 )
 
-// fitDeadLetter cuts the reason on a character boundary, then drops the
+// FitDeadLetter cuts the reason on a character boundary, then drops the
 // optional dead-letter headers, only as far as needed, and never touches
 // the original.
 func TestFitDeadLetter(t *testing.T) {
@@ -25,10 +25,10 @@ func TestFitDeadLetter(t *testing.T) {
 	budget := func(n int) func(*message.Message) bool {
 		return func(m *message.Message) bool { return transport.Size(m) <= n }
 	}
-	if m, cut := fitDeadLetter(orig, budget(before)); cut || m != orig {
+	if m, cut := transport.FitDeadLetter(orig, budget(before)); cut || m != orig {
 		t.Fatal("a copy that fits was changed")
 	}
-	m, cut := fitDeadLetter(orig, budget(before-101))
+	m, cut := transport.FitDeadLetter(orig, budget(before-101))
 	r := m.Headers[message.HeaderDeadLetterReason]
 	if !cut || transport.Size(m) > before-101 || !utf8.ValidString(r) || !strings.HasSuffix(r, "…") || len(r) < 1000-101-6 {
 		t.Fatalf("cut reason: %d bytes %q, size %d", len(r), r[max(0, len(r)-12):], transport.Size(m))
@@ -38,11 +38,11 @@ func TestFitDeadLetter(t *testing.T) {
 	}
 	// Without room for the reason at all, then not for the time either.
 	noReason := before - len(message.HeaderDeadLetterReason) - 1000
-	m, _ = fitDeadLetter(orig, budget(noReason))
+	m, _ = transport.FitDeadLetter(orig, budget(noReason))
 	if _, ok := m.Headers[message.HeaderDeadLetterReason]; ok || m.Headers[message.HeaderDeadLetterTime] == "" {
 		t.Fatalf("headers %v", m.Headers)
 	}
-	m, _ = fitDeadLetter(orig, budget(noReason-1))
+	m, _ = transport.FitDeadLetter(orig, budget(noReason-1))
 	if _, ok := m.Headers[message.HeaderDeadLetterTime]; ok || m.Headers[message.HeaderDeadLetterAttempts] != "3" {
 		t.Fatalf("headers %v", m.Headers)
 	}
@@ -52,7 +52,7 @@ func TestFitDeadLetter(t *testing.T) {
 		}
 	}
 	// Nothing left to drop: returned as it is then.
-	m, cut = fitDeadLetter(orig, budget(0))
+	m, cut = transport.FitDeadLetter(orig, budget(0))
 	if !cut || m.Headers[message.HeaderDeadLetterTopic] != "orders" || len(m.Headers) != 3 {
 		t.Fatalf("headers %v", m.Headers)
 	}
