@@ -164,6 +164,13 @@
 //	Concurrency 4            494–516 wall, 700–718 CPU   1403–1408 wall, 1945–2019 CPU  +887/+883 wall, +1280/+1217 CPU, +2.9 allocs
 //	Conc. 1, one header      689–695 wall, 1298–1334 CPU 1357–1363 wall, 2177–2179 CPU  +664/+666 wall, +860/+843 CPU, +0.9 allocs (9.1 → 10.0)
 //
+// Re-run at 01:36–01:37 UTC on the session's final code (the audit fixes
+// touch error paths only): Concurrency 1 +907/+860 ns wall, +1062/+1055
+// CPU; Concurrency 4 +947/+972 wall; one header +656/+723 wall; +2.9
+// allocations (+0.9 with a header). The machine ran about 15 % slower
+// then (the bare path 331–357 ns against 289–300), as BenchmarkMiddleware
+// showed too.
+//
 // The target holds with room at every variant: about 0.7–0.9 µs of the
 // 1.5 µs, and 3 of the 8 allocations: Retry's per-attempt context and the
 // correlation header map (two, only for a message that arrives without

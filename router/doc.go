@@ -97,29 +97,34 @@
 // runs one subscription directly on the transport and one through a
 // Router side by side on two mem brokers (publish → handler → ack,
 // 16-byte payloads, as many publishers as Concurrency, the default
-// MaxBacklog of 10,000), 41 rounds; each round starts both afresh at a
+// MaxBacklog of 10,000), 161 rounds; each round starts both afresh at a
 // random heap offset and in random order (internal/memrig), runs N
 // messages through each, alternating which goes first, after a GC, and
 // reports the median of the per-round ratios (added-%, added-cpu-%):
 //
-//	go test -run '^$' -bench 'RouterPaired' -benchtime 200000x ./router/
+//	go test -run '^$' -bench 'RouterPaired' -benchtime 100000x ./router/
 //
-// A single round at Concurrency 1 varies by ±15 % with where the rigs'
-// goroutines and objects land, for the router and the bare transport
-// alike; -aa runs the bare transport on both sides to show that noise.
-// Median added wall time (CPU time) per message, six runs:
+// (about 55 s). A single round at Concurrency 1 varies by ±15 % with where
+// the rigs' goroutines and objects land, for the router and the bare
+// transport alike; -aa runs the bare transport on both sides to show that
+// noise. Many short rounds beat few long ones: with 41 rounds of 200,000
+// messages the run medians still spread over ±5 % (A/A −7.1 to +3.8 %),
+// with 161 rounds of 100,000 over about ±2 %.
 //
-//	                  Concurrency 1                                   Concurrency 4
-//	router            −0.6, −0.8, −4.5, −2.5, +5.8, +2.2 %            +2.7, +1.9, +2.1, +4.9, +5.3, +5.2 %
-//	                  (CPU −2.1, +0.9, −9.2, +3.9, +11.2, +6.9 %)     (CPU +0.4, +1.9, +1.4, +3.8, +3.0, +4.3 %)
-//	A/A (no router)   −7.1, +0.8, +3.8, −4.5 %                        +0.4, +1.0, +2.1, +0.2 %
+// Median added wall time per message (added CPU time in brackets):
 //
-// Per message the transport takes 285–360 ns wall and 530–660 ns CPU at
-// Concurrency 1, 575–660 ns and 780–905 ns at Concurrency 4; both sides
+//	                                       Concurrency 1                         Concurrency 4
+//	161 × 100,000, 01:38–01:41 (×3)        +0.3, +2.2, +3.8 % [+0.4, +4.7, +1.4]  +2.0, +2.8, +1.8 % [+1.1, +1.1, +2.2]
+//	161 × 100,000, A/A                     −0.9 % [−0.7]                         +0.1 % [0.0]
+//	41 × 200,000, 00:09–00:16 (×6)         −0.6, −0.8, −4.5, −2.5, +5.8, +2.2 %  +2.7, +1.9, +2.1, +4.9, +5.3, +5.2 %
+//	41 × 200,000, 01:35–01:36 (×3)         +5.8, +7.2, +10.4 %                   +4.1, +4.2, +1.8 %
+//	41 × 200,000, A/A (×5)                 −7.1, +0.8, +3.8, −4.5, −3.4 %        +0.4, +1.0, +2.1, +0.2, −2.4 %
+//
+// Per message the transport takes 285–390 ns wall and 510–700 ns CPU at
+// Concurrency 1, 575–780 ns and 780–1100 ns at Concurrency 4; both sides
 // make 3.0 allocations per message at Concurrency 1 (3.2 at 4). The
-// router's ~16 ns is 5 % of the Concurrency 1 path, inside the harness's
-// noise: the target holds at both concurrencies in every run. (Before the
-// delivery context moved into the message, with long-lived rigs: +8.9 to
-// +17 % at Concurrency 1.) BenchmarkRouterOverhead is the older unpaired
-// form.
+// router's ~16 ns is about 5 % of the Concurrency-1 path; measured with
+// enough rounds it adds 0–4 %. (Before the delivery context moved into the
+// message, with long-lived rigs: +8.9 to +17 % at Concurrency 1.)
+// BenchmarkRouterOverhead is the older unpaired form.
 package router

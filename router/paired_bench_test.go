@@ -11,13 +11,13 @@ import (
 // pairRounds is how many rounds a paired benchmark runs; each round runs
 // both variants once, alternating which goes first, on fresh rigs (see
 // memrig.Paired).
-var pairRounds = flag.Int("rounds", 41, "rounds of the paired benchmark")
+var pairRounds = flag.Int("rounds", 161, "rounds of the paired benchmark")
 
 // BenchmarkRouterPaired measures what the Router adds to the mem
 // transport's end-to-end cost (publish → handler → ack, 16-byte payloads,
 // Concurrency publishers) as a paired comparison: one subscription
 // directly on the transport and one through a Router, both running side
-// by side; each of -rounds rounds (default 41) starts both afresh
+// by side; each of -rounds rounds (default 161) starts both afresh
 // (memrig.Paired) and runs b.N messages through each, alternating which
 // goes first, after a GC. It logs every round and reports medians:
 // wall and CPU time per message of each variant, the median of the
@@ -26,7 +26,7 @@ var pairRounds = flag.Int("rounds", 41, "rounds of the paired benchmark")
 // (runtime.MemStats.Mallocs, whole process). ns/op is the whole run
 // divided by b.N and means nothing; use -benchtime Nx:
 //
-//	go test -run '^$' -bench 'RouterPaired' -benchtime 200000x ./router/
+//	go test -run '^$' -bench 'RouterPaired' -benchtime 100000x ./router/
 //
 // A single round varies by ±15 % at Concurrency 1 with where the rigs
 // land; -aa runs the transport on both sides to show that noise.
