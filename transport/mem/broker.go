@@ -170,9 +170,6 @@ func (q *queue) pushFront(e entry) {
 	q.buf[0] = e
 }
 
-// at returns the i-th entry from the front.
-func (q *queue) at(i int) *entry { return &q.buf[q.head+i] }
-
 // remove takes out the i-th entry from the front, keeping order.
 func (q *queue) remove(i int) entry {
 	idx := q.head + i
