@@ -33,7 +33,14 @@
 // renewal leaves with at least half the timeout to spare and a slow
 // handler keeps its message even when the broker answers slowly. A
 // message's remaining time is counted from when the request that set it
-// was sent, not from its answer (up to 8 renewals run at once).
+// was sent, not from its answer (up to 8 renewals run at once). SQS ends
+// a message's visibility no later than 12 h after the receive that
+// returned it and refuses a renewal asking for more, so a renewal is cut
+// to what is left of those 12 h (counted from when the ReceiveMessage was
+// sent, rounded down to whole seconds); after that last renewal, or when
+// nothing is left, the message is no longer renewed and one Warn is
+// logged: it becomes visible again while its handler still runs and may
+// be redelivered.
 //
 //   - Ack (handler returned nil) deletes the message. Deletes are batched
 //     (DeleteMessageBatch of up to 10, or what came within

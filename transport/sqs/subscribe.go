@@ -162,6 +162,18 @@ func nackSeconds(delay, elapsed time.Duration, minOne bool) int32 {
 	return int32(max(0, min(int64(secs), left)))
 }
 
+// extendSeconds is the visibility timeout of a renewal of vis seconds,
+// elapsed after the receive request was sent: vis cut to what is left of
+// maxVisibility, rounded down (0 when nothing is left). last reports that
+// the renewal was cut (or nothing is left), so no later one can help.
+func extendSeconds(vis int32, elapsed time.Duration) (secs int32, last bool) {
+	left := max(0, int64((maxVisibility-elapsed)/time.Second))
+	if left < int64(vis) {
+		return int32(left), true
+	}
+	return vis, false
+}
+
 // visibilitySeconds converts AckWait to SQS's whole seconds (1 to 12 h).
 func visibilitySeconds(d time.Duration) int32 {
 	s := int64(math.Ceil(d.Seconds()))
@@ -203,6 +215,7 @@ type inflight struct {
 	deadline time.Time // when its visibility ends; guarded by mu
 	sent     time.Time // when the ReceiveMessage that got it was sent
 	settled  bool
+	capped   bool   // reached maxVisibility: no more renewals; guarded by mu
 	group    string // FIFO message group when sequenced (OrderedByKey), else ""
 	head     bool   // handed on as its group's running message; guarded by sub.gmu
 }
@@ -658,7 +671,7 @@ func (s *sub) extender(stop <-chan struct{}) {
 			if !inf.mu.TryLock() {
 				continue // being renewed since an earlier tick, or settled
 			}
-			if inf.settled || inf.deadline.Sub(now) >= full*2/3 {
+			if inf.settled || inf.capped || inf.deadline.Sub(now) >= full*2/3 {
 				inf.mu.Unlock()
 				continue
 			}
@@ -671,25 +684,36 @@ func (s *sub) extender(stop <-chan struct{}) {
 			wg.Add(1)
 			go func() {
 				defer func() { inf.mu.Unlock(); <-sem; wg.Done() }()
-				s.extend(inf, full)
+				s.extend(inf)
 			}()
 		}
 	}
 }
 
-// extend renews inf's visibility; the caller holds inf.mu.
-func (s *sub) extend(inf *inflight, full time.Duration) {
-	if inf.settled {
+// extend renews inf's visibility; the caller holds inf.mu. A renewal
+// never asks for more than is left of maxVisibility since the receive
+// (SQS would refuse it): the last one is cut to the limit, and then the
+// message is marked capped, logged once at Warn and no longer renewed.
+func (s *sub) extend(inf *inflight) {
+	if inf.settled || inf.capped {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout())
-	defer cancel()
 	sent := time.Now()
-	if err := s.changeVisibility(ctx, inf, s.vis); err != nil {
-		s.t.o.Logger.Warn("sqstransport: visibility extension failed; the message may be redelivered", "queue", s.queue, "message_id", inf.m.ID, "error", err)
-		return
+	secs, last := extendSeconds(s.vis, sent.Sub(inf.sent))
+	if secs > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout())
+		defer cancel()
+		if err := s.changeVisibility(ctx, inf, secs); err != nil {
+			s.t.o.Logger.Warn("sqstransport: visibility extension failed; the message may be redelivered", "queue", s.queue, "message_id", inf.m.ID, "error", err)
+			return
+		}
+		inf.deadline = sent.Add(time.Duration(secs) * time.Second)
 	}
-	inf.deadline = sent.Add(full)
+	if last {
+		inf.capped = true
+		s.t.o.Logger.Warn("sqstransport: handler still running at SQS's 12 h visibility limit from the receive; no more extensions, the message will become visible again at visible_at and may be redelivered",
+			"queue", s.queue, "message_id", inf.m.ID, "visible_at", inf.deadline)
+	}
 }
 
 // deleter gathers acks into batches of 10 (or what came within
