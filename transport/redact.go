@@ -19,9 +19,11 @@ func sensitiveParam(name string) bool {
 const redacted = "xxxxx"
 
 // Redact returns rawURL fit for errors and logs: the whole user-info
-// (user names double as tokens on some brokers) and the values of
+// (user names double as tokens on some brokers), the values of
 // secret-looking query parameters (password, token, secret, credentials,
-// nkey, ...) are replaced with "xxxxx". A URL that does not parse is cut
+// nkey, ...) and the user-info of URLs inside other parameter values
+// ("scheme://user:password@host" entries of a comma-separated list, such
+// as NATS's servers) are replaced with "xxxxx". A URL that does not parse is cut
 // down to its scheme and host where they can be found.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
@@ -51,9 +53,11 @@ func RedactURL(u *url.URL) string {
 	if c.RawQuery != "" {
 		q := c.Query()
 		for k, vs := range q {
-			if sensitiveParam(k) {
-				for i := range vs {
+			for i := range vs {
+				if sensitiveParam(k) {
 					vs[i] = redacted
+				} else {
+					vs[i], _ = embeddedUserInfo(vs[i])
 				}
 			}
 		}
@@ -79,15 +83,52 @@ func secretsOf(u *url.URL) []string {
 		}
 	}
 	for k, vs := range u.Query() {
-		if sensitiveParam(k) {
-			for _, v := range vs {
-				if v != "" {
-					s = append(s, v)
-				}
+		for _, v := range vs {
+			if !sensitiveParam(k) {
+				_, sec := embeddedUserInfo(v)
+				s = append(s, sec...)
+			} else if v != "" {
+				s = append(s, v)
 			}
 		}
 	}
 	return s
+}
+
+// embeddedUserInfo finds the URLs with user-info in a parameter value (a
+// URL or a comma-separated list, such as NATS's servers): it returns v
+// with each "scheme://user:password@" cut to "scheme://xxxxx@", and the
+// user names and passwords it held. Only entries with "://" count.
+func embeddedUserInfo(v string) (string, []string) {
+	if !strings.Contains(v, "@") {
+		return v, nil
+	}
+	var sec []string
+	items := strings.Split(v, ",")
+	for n, it := range items {
+		i := strings.Index(it, "://")
+		if i < 0 {
+			continue
+		}
+		auth := it[i+3:]
+		if j := strings.IndexAny(auth, "/?#"); j >= 0 {
+			auth = auth[:j]
+		}
+		at := strings.LastIndex(auth, "@")
+		if at < 0 {
+			continue
+		}
+		for _, f := range strings.SplitN(auth[:at], ":", 2) {
+			if f != "" {
+				sec = append(sec, f)
+				if dec, err := url.PathUnescape(f); err == nil && dec != f {
+					sec = append(sec, dec)
+				}
+			}
+		}
+		items[n] = it[:i+3] + redacted + it[i+3+at:]
+	}
+	return strings.Join(items, ","), sec
 }
 
 // scrubbed hides secrets from an error's text while keeping its chain for
@@ -107,17 +148,124 @@ func scrub(err error, secrets []string) error {
 	return &scrubbed{err: err, secrets: secrets}
 }
 
-// RedactSecrets replaces every occurrence of each secret (of at least 3
-// bytes; shorter ones would blank out ordinary text) in s with "xxxxx".
-// Adapters use it on SDK errors that might echo a credential.
+// RedactSecrets replaces every occurrence of each secret of at least 3
+// bytes in s (also in its URL query escaping) with "xxxxx". Adapters use
+// it on SDK errors that might echo a credential.
+//
+// A secret of 1 or 2 bytes would blank out ordinary text as a substring,
+// so it is replaced only where it stands whole (as written or
+// percent-decoded) in one of two places: a URL's user-info field, that
+// is the user name or the password between "scheme://" and the "@" of
+// the same authority (no "/", "?", "#", space or quote in between); or
+// the value of a key=value pair whose key looks secret (password, token,
+// secret, credentials, nkey, ..., as in Redact), the value ending at
+// "&", ";", ",", a space, a quote, ")" or the end of s. Elsewhere (a
+// user-info without "scheme://", a value under an ordinary key, free
+// text) a secret shorter than 3 bytes stays visible.
 func RedactSecrets(s string, secrets ...string) string {
+	var short []string
 	for _, sec := range secrets {
-		if len(sec) >= 3 {
+		switch {
+		case sec == "":
+		case len(sec) < 3:
+			short = append(short, sec)
+		default:
 			s = strings.ReplaceAll(s, sec, redacted)
 			if esc := url.QueryEscape(sec); esc != sec {
 				s = strings.ReplaceAll(s, esc, redacted)
 			}
 		}
 	}
+	if len(short) > 0 {
+		s = redactUserInfo(s, short)
+		s = redactParams(s, short)
+	}
 	return s
+}
+
+// isShortSecret reports whether field, as written or percent-decoded, is
+// one of secrets.
+func isShortSecret(field string, secrets []string) bool {
+	if field == "" || len(field) > 6 { // "%XX%XX" at most
+		return false
+	}
+	dec, err := url.PathUnescape(field)
+	if err != nil {
+		dec = field
+	}
+	for _, sec := range secrets {
+		if field == sec || dec == sec {
+			return true
+		}
+	}
+	return false
+}
+
+// redactUserInfo replaces the user-info fields of the URLs in s that are
+// one of secrets.
+func redactUserInfo(s string, secrets []string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "://")
+		if i < 0 {
+			break
+		}
+		b.WriteString(s[:i+3])
+		s = s[i+3:]
+		auth := s
+		if j := strings.IndexAny(auth, "/?# \t\r\n\"'`<>"); j >= 0 {
+			auth = auth[:j]
+		}
+		at := strings.LastIndex(auth, "@")
+		if at < 0 {
+			continue
+		}
+		user, pass, hasPass := strings.Cut(auth[:at], ":")
+		if isShortSecret(user, secrets) {
+			user = redacted
+		}
+		if hasPass && isShortSecret(pass, secrets) {
+			pass = redacted
+		}
+		b.WriteString(user)
+		if hasPass {
+			b.WriteString(":" + pass)
+		}
+		s = s[at:]
+	}
+	b.WriteString(s)
+	return b.String()
+}
+
+// redactParams replaces the values of secret-looking key=value pairs in s
+// that are one of secrets.
+func redactParams(s string, secrets []string) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(s, '=')
+		if i < 0 {
+			break
+		}
+		k := i
+		for k > 0 && isKeyByte(s[k-1]) {
+			k--
+		}
+		key := s[k:i]
+		b.WriteString(s[:i+1])
+		s = s[i+1:]
+		v := s
+		if j := strings.IndexAny(v, "&;, \t\r\n\"')"); j >= 0 {
+			v = v[:j]
+		}
+		if key != "" && sensitiveParam(key) && isShortSecret(v, secrets) {
+			b.WriteString(redacted)
+			s = s[len(v):]
+		}
+	}
+	b.WriteString(s)
+	return b.String()
+}
+
+func isKeyByte(c byte) bool {
+	return c == '_' || c == '-' || c == '.' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }

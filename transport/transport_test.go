@@ -90,6 +90,7 @@ func TestRedact(t *testing.T) {
 		"mem://":                       "mem://",
 		"amqp://user:p%zz@host:5672/":  "amqp://xxxxx@host:5672/",
 		"sqs://h?access_key=AK&x=1#fr": "sqs://h?access_key=xxxxx&x=1#fr",
+		"nats://h?servers=nats://u:p@b:1,c:2,tls://t@d/x&name=a@b": "nats://h?name=a%40b&servers=nats%3A%2F%2Fxxxxx%40b%3A1%2Cc%3A2%2Ctls%3A%2F%2Fxxxxx%40d%2Fx",
 	} {
 		if got := transport.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
@@ -97,6 +98,27 @@ func TestRedact(t *testing.T) {
 	}
 	if got := transport.RedactSecrets("dial bob:pw42@host failed", "pw42", "x"); got != "dial bob:xxxxx@host failed" {
 		t.Errorf("RedactSecrets = %q", got)
+	}
+}
+
+// Secrets of 1 or 2 bytes are hidden only as a whole user-info field or
+// the value of a secret-looking parameter; ordinary text keeps them.
+func TestRedactSecretsShort(t *testing.T) {
+	secrets := []string{"p", "ab", "é", ""}
+	for in, want := range map[string]string{
+		"parse nats://u:p@127.0.0.1:x: bad port":         "parse nats://u:xxxxx@127.0.0.1:x: bad port",
+		"dial nats://ab@h:4222, nats://ab:p@h2: refused": "dial nats://xxxxx@h:4222, nats://xxxxx:xxxxx@h2: refused",
+		"amqp://user:%C3%A9@h/ failed":                   "amqp://user:xxxxx@h/ failed",
+		"x://abc:pp@h and x://ab/path@z":                 "x://abc:pp@h and x://ab/path@z",
+		"GET /?password=p&token=ab&name=ab&q=p":          "GET /?password=xxxxx&token=xxxxx&name=ab&q=p",
+		"bad secret=ab; api_key=ab, auth_token=abc":      "bad secret=xxxxx; api_key=xxxxx, auth_token=abc",
+		"a plain sentence about apples, pears and abba":  "a plain sentence about apples, pears and abba",
+		"user bob@host: password = ab":                   "user bob@host: password = ab",
+		"no scheme u:p@host":                             "no scheme u:p@host",
+	} {
+		if got := transport.RedactSecrets(in, secrets...); got != want {
+			t.Errorf("RedactSecrets(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 

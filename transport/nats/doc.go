@@ -260,7 +260,12 @@
 // from nats.go and jetstream stay reachable with errors.Is and errors.As
 // (nats.ErrNoServers, nats.ErrAuthorization, jetstream.ErrNoStreamResponse,
 // *jetstream.APIError...). Passwords, tokens and user-info never appear in
-// errors or logs.
+// errors or logs; this covers the user-info of the servers entries too
+// (user names and passwords, written or percent-decoded), which are
+// scrubbed even from the error of an entry that does not parse. A
+// credential of one or two characters is hidden only where it stands as
+// a whole user-info field or a secret parameter's value (see
+// transport.RedactSecrets).
 //
 // # Lag and health
 //

@@ -452,6 +452,43 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// The user-info of servers entries is scrubbed from errors too, also
+// when the entry does not parse and a password has only 2 characters.
+func TestServersSecretsHidden(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	port := testenv.FreePort(t)
+	for _, srv := range []string{
+		"nats://carol:s3rv3rpw@127.0.0.1:notaport",
+		"nats://s3rv3rtok@127.0.0.1:notaport",
+		"nats://dave:s3rv3r%21pw@127.0.0.1:notaport",
+		"nats://s3rv3rusr:pw@127.0.0.1:notaport",
+	} {
+		raw := fmt.Sprintf("nats://127.0.0.1:%d?servers=%s&connect_timeout=1s", port, url.QueryEscape(srv))
+		_, err := transport.Open(ctx, raw)
+		if err == nil {
+			t.Errorf("%s: no error", srv)
+			continue
+		}
+		msg := err.Error()
+		for _, leak := range []string{"s3rv3r", ":pw@"} {
+			if strings.Contains(msg, leak) {
+				t.Errorf("%s: error leaks %q: %q", srv, leak, msg)
+			}
+		}
+		// New scrubs them itself (no URL for Open to scrub).
+		_, err = natstransport.New(ctx, natstransport.Options{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Servers: []string{srv}, ConnectTimeout: time.Second})
+		if err == nil {
+			t.Errorf("%s: New: no error", srv)
+			continue
+		}
+		for _, leak := range []string{"s3rv3r", ":pw@"} {
+			if strings.Contains(err.Error(), leak) {
+				t.Errorf("%s: New's error leaks %q: %q", srv, leak, err)
+			}
+		}
+	}
+}
+
 // TestUnreachable: nothing listening gives a clear error well within the
 // ctx deadline; a blackholed connect honours the ctx.
 func TestUnreachable(t *testing.T) {

@@ -246,6 +246,37 @@ func (o Options) secrets() []string {
 		// out anyway, as nats URLs use it as a token too.
 		s = append(s, o.User)
 	}
+	for _, srv := range o.Servers {
+		s = append(s, userInfoSecrets(srv)...)
+	}
+	return s
+}
+
+// userInfoSecrets lists the user name (a token when alone) and password
+// of a server URL's user-info, "[scheme://]user[:password]@host...", as
+// written and percent-decoded. It does not need the URL to parse: a
+// malformed entry is the one an error message echoes.
+func userInfoSecrets(raw string) []string {
+	if i := strings.Index(raw, "://"); i >= 0 {
+		raw = raw[i+3:]
+	}
+	if i := strings.IndexAny(raw, "/?#"); i >= 0 {
+		raw = raw[:i]
+	}
+	at := strings.LastIndex(raw, "@")
+	if at < 0 {
+		return nil
+	}
+	var s []string
+	for _, part := range strings.SplitN(raw[:at], ":", 2) {
+		if part == "" {
+			continue
+		}
+		s = append(s, part)
+		if dec, err := url.PathUnescape(part); err == nil && dec != part {
+			s = append(s, dec)
+		}
+	}
 	return s
 }
 
