@@ -3,11 +3,9 @@ package amqptransport
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -259,24 +257,13 @@ func open(ctx context.Context, u *url.URL) (transport.Conn, error) {
 		if u.Scheme != "amqps" {
 			return nil, fmt.Errorf("amqptransport: TLS parameters need an amqps:// URL")
 		}
-		tc := &tls.Config{ServerName: serverName, InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12} //nolint:gosec // opt-in by URL
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return nil, fmt.Errorf("amqptransport: ca_file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("amqptransport: ca_file %s holds no PEM certificate", caFile)
-			}
-			tc.RootCAs = pool
-		}
-		if certFile != "" || keyFile != "" {
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return nil, fmt.Errorf("amqptransport: cert_file/key_file: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
+		tc, err := transport.TLSFromFiles(
+			transport.TLSFile{Param: "ca_file", Path: caFile},
+			transport.TLSFile{Param: "cert_file", Path: certFile},
+			transport.TLSFile{Param: "key_file", Path: keyFile},
+			serverName, insecure)
+		if err != nil {
+			return nil, fmt.Errorf("amqptransport: %w", err)
 		}
 		o.TLSConfig = tc
 	}

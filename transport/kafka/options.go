@@ -3,12 +3,10 @@ package kafkatransport
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -372,17 +370,9 @@ func ParseURL(u *url.URL) (Options, error) {
 		return o, fmt.Errorf("kafkatransport: %w", err)
 	}
 	if scheme == "kafka+tls" {
-		tc := &tls.Config{ServerName: serverName, InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12} // #nosec G402 -- opt-in for tests
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return o, fmt.Errorf("kafkatransport: tls_ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return o, fmt.Errorf("kafkatransport: tls_ca %s: no PEM certificate in it", caFile)
-			}
-			tc.RootCAs = pool
+		tc, err := transport.TLSFromFiles(transport.TLSFile{Param: "tls_ca", Path: caFile}, transport.TLSFile{}, transport.TLSFile{}, serverName, insecure)
+		if err != nil {
+			return o, fmt.Errorf("kafkatransport: %w", err)
 		}
 		o.TLS = tc
 	} else if caFile != "" || serverName != "" || insecure {
