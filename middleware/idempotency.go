@@ -244,7 +244,7 @@ func scopeOf(ctx context.Context, scope string) string {
 		if d := routerDelivery(ctx); d != nil {
 			scope = d.Group()
 			if scope == "" {
-				scope = "private-" + d.RouteID()
+				scope = d.RouteID() // made once per route: no per-message concatenation
 			}
 		}
 	}

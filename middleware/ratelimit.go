@@ -103,7 +103,7 @@ func wait(ctx context.Context, lim *rate.Limiter) error {
 	now := time.Now()
 	r := lim.ReserveN(now, 1)
 	if !r.OK() {
-		return fmt.Errorf("middleware: rate limit: a burst of %d cannot give a token", lim.Burst())
+		return fmt.Errorf("%w: a burst of %d cannot give a token", ErrRateLimited, lim.Burst())
 	}
 	d := r.DelayFrom(now)
 	if d <= 0 {
@@ -113,16 +113,12 @@ func wait(ctx context.Context, lim *rate.Limiter) error {
 		r.CancelAt(now)
 		return fmt.Errorf("%w: waiting %v would pass the context's deadline", ErrRateLimited, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
+	if sleep(ctx, d) {
 		return nil
-	case <-ctx.Done():
-		r.Cancel()
-		return ctx.Err()
-	case <-drain:
-		r.Cancel()
-		return ErrDraining
 	}
+	r.Cancel() // give the token back
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return ErrDraining
 }
